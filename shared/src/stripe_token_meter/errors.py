@@ -1,0 +1,66 @@
+"""Named errors: every rejected input says which field broke which rule and what to do.
+
+An `InvalidUsage` is never lost: the meter keeps the rejected record in the outbox's
+dead-letter table with `code`, `field` and the message, so it can be inspected and fixed.
+"""
+
+from __future__ import annotations
+
+
+class TokenMeterError(Exception):
+    """Base class of every error this package raises."""
+
+
+class InvalidUsage(TokenMeterError, ValueError):
+    """A usage record breaks one of Stripe's meter event rules.
+
+    `code` is a stable machine name (used in stats and the dead-letter table),
+    `field` the offending `Usage` field.
+    """
+
+    code = "invalid_usage"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class InvalidTokenCount(InvalidUsage):
+    """A token count is not a non-negative whole number of at most 15 digits."""
+
+    code = "invalid_token_count"
+
+
+class InvalidTimestamp(InvalidUsage):
+    """The timestamp is outside Stripe's window (35 days past, 5 minutes future)."""
+
+    code = "invalid_timestamp"
+
+
+class InvalidCustomer(InvalidUsage):
+    """The customer id is not a Stripe customer id (`cus_` followed by letters and digits)."""
+
+    code = "invalid_customer"
+
+
+class MissingCustomer(InvalidUsage):
+    """No customer could be resolved for the call (no per-call id, scope or default)."""
+
+    code = "missing_customer"
+
+
+class InvalidIdentifier(InvalidUsage):
+    """A request id, event name or model name breaks Stripe's length or type rules."""
+
+    code = "invalid_identifier"
+
+
+class InvalidDimension(InvalidUsage):
+    """An extra dimension key or value is not a non-empty string, or clashes with a reserved key."""
+
+    code = "invalid_dimension"
+
+
+class ConfigurationError(TokenMeterError, ValueError):
+    """`TokenMeter` was given settings that cannot work (e.g. a publishable key)."""

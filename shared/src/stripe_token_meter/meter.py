@@ -1,0 +1,413 @@
+"""`TokenMeter`: the one object users create. `record()` is a hand-off; the worker does the rest.
+
+The caller's thread only reads the customer scope and puts a tuple on a `SimpleQueue`
+(about a microsecond). Validation, customer resolution, model normalisation, event
+building, storage and delivery all happen on the worker thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+import anyio
+import stripe
+
+from .customer import _scope, customer_scope, resolve_customer
+from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
+from .errors import ConfigurationError, InvalidDimension, InvalidUsage, MissingCustomer
+from .events import MeterEvent, build_events
+from .outbox import LOCAL, PENDING, Outbox
+from .transport import Transport, V1Transport, V2StreamTransport, make_client
+from .usage import Usage, check_customer, check_text, check_timestamp
+from .worker import Worker
+
+log = logging.getLogger("stripe_token_meter")
+
+Counts = Literal["disjoint", "openai", "anthropic"]
+_Item = tuple[Any, ...]
+
+_CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
+    "disjoint": Usage,
+    "openai": Usage.from_openai,
+    "anthropic": Usage.from_anthropic,
+}
+
+
+def _check_key(api_key: str) -> None:
+    if api_key.startswith("pk_"):
+        raise ConfigurationError(
+            "api_key: a publishable key (pk_) cannot write meter events; it is meant for browsers. "
+            "Create a restricted key (rk_) with write access to 'Billing meter events'."
+        )
+    if not api_key.startswith(("sk_", "rk_")):
+        raise ConfigurationError(
+            "api_key: expected a Stripe secret (sk_) or restricted (rk_) key; restricted keys are "
+            "recommended for metering"
+        )
+
+
+class TokenMeter:
+    """Bills LLM tokens to Stripe meters, exactly once, in the background.
+
+    Without an API key (argument or `STRIPE_API_KEY`) events go to the local ledger: the
+    same SQLite file, rows marked `local`, so everything works on a fresh machine.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        event_name: str | None = None,
+        api: Literal["v2", "v1"] = "v2",
+        default_customer_id: str | None = None,
+        token_types: TokenTypes = "basic",
+        outbox_path: str | os.PathLike[str] | None = None,
+        stripe_client: stripe.StripeClient | None = None,
+        strict: bool = False,
+        normalize_models: bool | ModelNormalizer = True,
+        customer_payload_key: str = "stripe_customer_id",
+        value_payload_key: str = "value",
+        max_queue: int = 100_000,
+        concurrency: int | None = None,
+        lease_seconds: float = 30.0,
+        max_retry_delay: float = 60.0,
+        exit_timeout: float = 5.0,
+    ) -> None:
+        if api not in ("v2", "v1"):
+            raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
+        if token_types not in ("basic", "detailed"):
+            raise ConfigurationError(f"token_types: must be 'basic' or 'detailed', got {token_types!r}")
+        key = api_key if api_key is not None else os.environ.get("STRIPE_API_KEY") or None
+        if key is not None:
+            _check_key(key)
+        self.event_name = check_text(
+            "event_name", event_name or os.environ.get("STRIPE_METER_EVENT_NAME") or "token-billing-tokens", 100
+        )
+        self.api = api
+        self.token_types: TokenTypes = token_types
+        self.strict = strict
+        self.default_customer_id = (
+            check_customer("default_customer_id", default_customer_id) if default_customer_id else None
+        )
+        self.customer_payload_key = check_text("customer_payload_key", customer_payload_key, 100)
+        self.value_payload_key = check_text("value_payload_key", value_payload_key, 100)
+        self._reserved = frozenset({"model", "token_type", customer_payload_key, value_payload_key})
+        if normalize_models is True:
+            self._normalizer: ModelNormalizer = normalize_model
+        elif normalize_models is False:
+            self._normalizer = keep_model
+        else:
+            self._normalizer = normalize_models
+        self._client = stripe_client
+        if self._client is None and key is not None:
+            self._client = make_client(key)
+        self.local = self._client is None
+        self._outbox_path = outbox_path
+        self._max_queue = max_queue
+        self._concurrency = concurrency
+        self._lease = lease_seconds
+        self._max_retry_delay = max_retry_delay
+        self.exit_timeout = exit_timeout
+        self._setup_process()
+        self.closed = False
+        ref = weakref.ref(self)
+        atexit.register(_close_at_exit, ref)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    # -- process-local state (recreated in a forked child) ---------------------------------
+
+    def _setup_process(self) -> None:
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._outbox = Outbox(self._outbox_path)
+        self._state_lock = threading.Lock()
+        self._counters: dict[str, int] = {
+            "recorded": 0,
+            "events": 0,
+            "duplicates": 0,
+            "empty": 0,
+            "invalid": 0,
+            "no_usage": 0,
+            "adapter_errors": 0,
+        }
+        self._last_error: str | None = None
+        self._warned: set[str] = set()
+        self._delivered_in_process = 0
+        self._worker: Worker | None = None
+
+    def _make_transport(self) -> Transport:
+        assert self._client is not None
+        if self.api == "v1":
+            return V1Transport(self._client, concurrency=self._concurrency or 16)
+        return V2StreamTransport(self._client, concurrency=self._concurrency or 4)
+
+    def _start_worker(self) -> Worker:
+        with self._state_lock:
+            if self._worker is None:
+                self._worker = Worker(
+                    self,
+                    self._outbox,
+                    None if self.local else self._make_transport,
+                    lease_seconds=self._lease,
+                    max_retry_delay=self._max_retry_delay,
+                )
+                self._worker.start()
+            return self._worker
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def record(
+        self,
+        usage: Usage | None = None,
+        /,
+        *,
+        counts: Counts = "disjoint",
+        fallback_customer_id: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record one LLM call. Never raises (unless `strict=True`); never blocks on I/O.
+
+        Pass a built `Usage`, or its fields: `counts="disjoint"` takes `Usage(...)`'s fields,
+        `"openai"` those of `Usage.from_openai`, `"anthropic"` those of `Usage.from_anthropic`.
+        Fields are validated on the worker; a bad record is dead-lettered with its reason.
+        `fallback_customer_id` (an adapter's own `customer_id`) ranks below the
+        `meter.customer()` scope and above the meter's default.
+        """
+        try:
+            item = (usage, counts, fields, _scope.get(), fallback_customer_id, time.time())
+            if self.strict:
+                item = (self._prepare(item),)
+            if self.closed or self._queue.qsize() >= self._max_queue:
+                self._write_through(item)
+                return
+            self._queue.put(item)
+            if self._worker is None:
+                self._start_worker()
+        except Exception:
+            if self.strict:
+                raise
+            log.exception("stripe-token-meter: record() failed; the call is kept if possible")
+
+    # -- worker-side work ------------------------------------------------------------------
+
+    def _prepare(self, item: _Item) -> list[MeterEvent]:
+        """Raw record -> meter events (validation, customer, model). Raises InvalidUsage."""
+        usage, counts, fields, scoped, fallback, recorded_at = item
+        if usage is None:
+            ctor = _CONSTRUCTORS.get(counts)
+            if ctor is None:
+                raise InvalidUsage("counts", f"must be 'disjoint', 'openai' or 'anthropic', got {counts!r}")
+            try:
+                usage = ctor(**fields)
+            except TypeError as exc:
+                raise InvalidUsage("fields", f"{exc}; see Usage's fields") from None
+        elif not isinstance(usage, Usage):
+            raise InvalidUsage("usage", f"must be a Usage, got {type(usage).__name__}")
+        clash = sorted(self._reserved & usage.dimensions.keys())
+        if clash:
+            raise InvalidDimension("dimensions", f"keys {clash} are the meter's own payload keys")
+        customer = resolve_customer(usage.customer_id, scoped, fallback, self.default_customer_id)
+        if customer is None:
+            raise MissingCustomer(
+                "customer_id",
+                "no customer for this call: pass stripe_customer_id in the call's metadata, use "
+                "`with meter.customer('cus_...')`, or set a handler customer_id/default_customer_id",
+            )
+        customer = check_customer("customer_id", customer)
+        ts = usage.timestamp if usage.timestamp is not None else check_timestamp("timestamp", recorded_at)
+        events = build_events(
+            usage,
+            customer_id=customer,
+            request_id=usage.request_id or uuid.uuid4().hex,
+            timestamp=ts,
+            event_name=self.event_name,
+            token_types=self.token_types,
+            normalizer=self._normalizer,
+            customer_key=self.customer_payload_key,
+            value_key=self.value_payload_key,
+        )
+        if not events:
+            self._count("empty")
+        return events
+
+    def _events_or_reject(self, item: _Item) -> list[MeterEvent]:
+        if len(item) == 1:  # strict mode: prepared on the caller
+            events: list[MeterEvent] = item[0]
+            return events
+        try:
+            return self._prepare(item)
+        except InvalidUsage as exc:
+            self._reject(exc, item)
+        except Exception as exc:  # e.g. a user normaliser that raised: keep the record
+            self._reject(InvalidUsage("record", f"{type(exc).__name__}: {exc}"), item)
+        return []
+
+    def _reject(self, exc: InvalidUsage, item: _Item) -> None:
+        usage, counts, fields, scoped, fallback, recorded_at = item
+        record = dict(fields)
+        if usage is not None:
+            record.update({k: getattr(usage, k) for k in Usage.__dataclass_fields__})
+        record.update(counts=counts, scope_customer=scoped, fallback_customer=fallback, recorded_at=recorded_at)
+        self._outbox.reject(exc.code, exc.field, exc.message, record)
+        self._count("invalid")
+        self._warn_once(f"invalid:{exc.code}", f"stripe-token-meter: usage dead-lettered ({exc.code}): {exc}")
+
+    def _store(self, events: list[MeterEvent]) -> None:
+        if events:
+            added = self._outbox.add(events, LOCAL if self.local else PENDING)
+            self._count("events", added)
+            if added < len(events):
+                self._count("duplicates", len(events) - added)
+
+    def _drain_queue(self, limit: int = 5000) -> int:
+        """Move queued records into the outbox (one transaction). Returns records moved."""
+        events: list[MeterEvent] = []
+        n = 0
+        get = self._queue.get_nowait
+        while n < limit:
+            try:
+                item = get()
+            except queue.Empty:
+                break
+            n += 1
+            events.extend(self._events_or_reject(item))
+        if n:
+            self._store(events)
+            self._count("recorded", n)
+        return n
+
+    def _write_through(self, item: _Item) -> None:
+        """After close() or past the queue bound: straight to the outbox on this thread."""
+        self._store(self._events_or_reject(item))
+        self._count("recorded")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._state_lock:
+            self._counters[name] = self._counters.get(name, 0) + n
+
+    def _note_error(self, code: str, message: str) -> None:
+        self._last_error = f"{code}: {message}"[:500]
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    # -- for adapters ----------------------------------------------------------------------
+
+    def report_missing_usage(self, source: str, fix: str) -> None:
+        """An LLM call finished without token usage: count it, warn once naming the fix."""
+        self._count("no_usage")
+        self._warn_once(
+            f"no_usage:{source}",
+            f"stripe-token-meter: {source} reported no token usage for an LLM call, so nothing "
+            f"was billed for it (counted in stats()['no_usage']). Fix: {fix}",
+        )
+
+    def report_adapter_error(self, source: str, exc: BaseException) -> None:
+        """An adapter failed to translate a callback: count it, log once with the traceback."""
+        self._count("adapter_errors")
+        self._note_error("adapter_error", f"{source}: {type(exc).__name__}: {exc}")
+        if f"adapter:{source}" not in self._warned:
+            self._warned.add(f"adapter:{source}")
+            log.error("stripe-token-meter: %s failed to handle a callback", source, exc_info=exc)
+
+    # -- public control --------------------------------------------------------------------
+
+    def customer(self, customer_id: str) -> AbstractContextManager[str]:
+        """`with meter.customer("cus_..."):` bills every call inside to that customer."""
+        return customer_scope(customer_id)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is delivered, dead-lettered or in the ledger."""
+        deadline = time.monotonic() + timeout
+        worker = self._worker or (self._start_worker() if self._outbox.pending_count() else None)
+        while True:
+            if worker is not None and worker.alive:
+                worker.wake.set()
+            elif not self._queue.empty():
+                self._drain_queue()
+            if self._queue.empty() and (self.local or self._outbox.pending_count() == 0):
+                # the worker may hold the last drained batch mid-transaction: re-check once
+                if self._queue.empty():
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        """`flush()` without blocking the event loop (runs in a worker thread)."""
+        return await anyio.to_thread.run_sync(self.flush, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for this process plus the outbox's state (shared across processes)."""
+        counts = self._outbox.counts()
+        with self._state_lock:
+            c = dict(self._counters)
+        worker = self._worker
+        return {
+            "queued": self._queue.qsize(),
+            "recorded": c["recorded"],
+            "events": c["events"],
+            "pending": counts["pending"],
+            "retrying": counts["retrying"],
+            "delivered": counts["delivered"],
+            "local": counts["local"],
+            "dead_lettered": counts["dead"] + counts["rejected"],
+            "dead_events": counts["dead"],
+            "invalid": counts["rejected"],
+            "cancelled": counts["cancelled"],
+            "duplicates": c["duplicates"],
+            "empty": c["empty"],
+            "no_usage": c["no_usage"],
+            "adapter_errors": c["adapter_errors"],
+            "paused": bool(worker and worker.hold_until > time.time()),
+            "last_error": self._last_error,
+            "mode": "local" if self.local else self.api,
+            "outbox": self._outbox.path,
+        }
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the worker: queued records go to the outbox, delivery is tried up to `timeout`."""
+        if self.closed:
+            return
+        self.closed = True
+        wait = self.exit_timeout if timeout is None else timeout
+        worker = self._worker
+        if worker is not None and worker.alive:
+            worker.deadline = time.monotonic() + wait
+            worker.stop_requested.set()
+            worker.wake.set()
+            worker.join(wait + 1.0)
+        self._drain_queue(limit=10**9)  # anything the worker did not take is kept
+
+    def __enter__(self) -> TokenMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[TokenMeter]) -> None:
+    meter = ref()
+    if meter is not None:
+        try:
+            meter.close()
+        except Exception:
+            log.exception("stripe-token-meter: close at exit failed; events stay in the outbox")
+
+
+def _after_fork(ref: weakref.ReferenceType[TokenMeter]) -> None:
+    meter = ref()
+    if meter is not None:
+        # The parent's thread, queue and SQLite connection do not survive fork: start fresh.
+        meter._setup_process()

@@ -1,0 +1,311 @@
+"""Durable SQLite outbox (WAL): every event is here before any send, until Stripe accepts it.
+
+Rows are claimed with leases, so several processes (gunicorn/uvicorn workers) can share one
+file: a killed process's rows become claimable again when its lease runs out, and Stripe's
+identifier dedup plus our own UNIQUE identifier make a second send harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .events import MeterEvent
+
+PENDING: Final = "pending"
+DELIVERED: Final = "delivered"
+DEAD: Final = "dead"
+LOCAL: Final = "local"
+CANCELLED: Final = "cancelled"
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    identifier TEXT NOT NULL UNIQUE,
+    event_name TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    token_type TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    created REAL NOT NULL,
+    delivered REAL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt, id);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    code TEXT NOT NULL,
+    field TEXT NOT NULL,
+    message TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adjustments (
+    identifier TEXT PRIMARY KEY,
+    event_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error_message TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def default_outbox_path() -> Path:
+    """`$STRIPE_TOKEN_METER_OUTBOX`, else a per-user data dir (XDG on Linux)."""
+    env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "stripe-token-meter" / "outbox.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A claimed outbox row: the event plus its delivery bookkeeping."""
+
+    id: int
+    event: MeterEvent
+    attempts: int
+
+
+class Outbox:
+    """Thread-safe access to one outbox file (one connection, one lock)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        if path is None:
+            path = default_outbox_path()
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def add(self, events: Iterable[MeterEvent], status: str = PENDING) -> int:
+        """Insert events; an identifier already present is ignored (never doubled). Returns new rows."""
+        now = time.time()
+        rows = [
+            (
+                e.identifier,
+                e.event_name,
+                e.customer_id,
+                e.model,
+                e.token_type,
+                e.value,
+                e.timestamp,
+                json.dumps(e.payload, separators=(",", ":")),
+                status,
+                now,
+                now if status == LOCAL else None,
+            )
+            for e in events
+        ]
+        if not rows:
+            return 0
+        with self._lock:
+            before = self._conn.total_changes
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO events (identifier, event_name, customer_id, model,"
+                    " token_type, value, timestamp, payload, status, created, delivered)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return self._conn.total_changes - before
+
+    def reject(self, code: str, field: str, message: str, record: dict[str, Any]) -> None:
+        """Keep a usage record that could not become events (dead letter with its reason)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO rejected (created, code, field, message, record) VALUES (?,?,?,?,?)",
+                (time.time(), code, field, message, json.dumps(record, default=repr, sort_keys=True)),
+            )
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Row]:
+        """Lease up to `limit` due pending rows to `owner` (atomic across processes)."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(
+                    "UPDATE events SET lease_owner=?, lease_until=? WHERE id IN ("
+                    " SELECT id FROM events WHERE status='pending' AND next_attempt<=?"
+                    " AND lease_until<=? ORDER BY id LIMIT ?)"
+                    " RETURNING id, identifier, event_name, customer_id, model, token_type,"
+                    " value, timestamp, payload, attempts",
+                    (owner, now + lease_seconds, now, now, limit),
+                )
+                fetched = cur.fetchall()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        fetched.sort(key=lambda r: r[0])
+        return [
+            Row(
+                id=r[0],
+                event=MeterEvent(
+                    identifier=r[1],
+                    event_name=r[2],
+                    timestamp=r[7],
+                    customer_id=r[3],
+                    model=r[4],
+                    token_type=r[5],
+                    value=r[6],
+                    payload=json.loads(r[8]),
+                ),
+                attempts=r[9],
+            )
+            for r in fetched
+        ]
+
+    def _update_many(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
+        if not params:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(sql, params)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        now = time.time()
+        self._update_many(
+            "UPDATE events SET status='delivered', delivered=?, lease_owner=NULL, lease_until=0,"
+            " error_code=NULL, error_message=NULL WHERE id=?",
+            [(now, i) for i in ids],
+        )
+
+    def mark_retry(self, ids: Sequence[int], delay: float, code: str, message: str) -> None:
+        """Back to pending, due after `delay`; attempts counted."""
+        due = time.time() + delay
+        self._update_many(
+            "UPDATE events SET attempts=attempts+1, next_attempt=?, lease_owner=NULL,"
+            " lease_until=0, error_code=?, error_message=? WHERE id=?",
+            [(due, code, message[:500], i) for i in ids],
+        )
+
+    def release(self, ids: Sequence[int], delay: float = 0.0) -> None:
+        """Give rows back without counting an attempt (pause, shutdown)."""
+        due = time.time() + delay
+        self._update_many(
+            "UPDATE events SET lease_owner=NULL, lease_until=0, next_attempt=? WHERE id=?",
+            [(due, i) for i in ids],
+        )
+
+    def mark_dead(self, items: Sequence[tuple[int, str, str]]) -> None:
+        """Dead-letter rows: (id, Stripe error code, message). Replayable later."""
+        self._update_many(
+            "UPDATE events SET status='dead', lease_owner=NULL, lease_until=0, error_code=?,"
+            " error_message=?, attempts=attempts+1 WHERE id=?",
+            [(code, msg[:500], i) for i, code, msg in items],
+        )
+
+    def requeue_dead(self, code: str | None = None) -> int:
+        """Dead letters back to pending (after their cause is fixed); identifiers unchanged."""
+        with self._lock:
+            if code is None:
+                cur = self._conn.execute(
+                    "UPDATE events SET status='pending', next_attempt=0, lease_until=0 WHERE status='dead'"
+                )
+            else:
+                cur = self._conn.execute(
+                    "UPDATE events SET status='pending', next_attempt=0, lease_until=0"
+                    " WHERE status='dead' AND error_code=?",
+                    (code,),
+                )
+            return cur.rowcount
+
+    def record_adjustment(self, identifier: str, event_name: str, status: str, error: str | None) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO adjustments (identifier, event_name, status, error_message,"
+                " created) VALUES (?,?,?,?,?)",
+                (identifier, event_name, status, error, time.time()),
+            )
+            if status == "cancelled":
+                self._conn.execute(
+                    "UPDATE events SET status='cancelled' WHERE identifier=? AND status='delivered'",
+                    (identifier,),
+                )
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", (key, value))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status, plus `rejected` usage records and `retrying` pending rows."""
+        with self._lock:
+            out = {s: 0 for s in (PENDING, DELIVERED, DEAD, LOCAL, CANCELLED)}
+            for status, n in self._conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status"):
+                out[str(status)] = int(n)
+            out["retrying"] = int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM events WHERE status='pending' AND attempts>0"
+                ).fetchone()[0]
+            )
+            out["rejected"] = int(self._conn.execute("SELECT COUNT(*) FROM rejected").fetchone()[0])
+        return out
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute("SELECT COUNT(*) FROM events WHERE status='pending'").fetchone()[0]
+            )
+
+    def next_due(self) -> float | None:
+        """When the earliest pending row may be sent (None if nothing is pending)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MIN(MAX(next_attempt, lease_until)) FROM events WHERE status='pending'"
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only queries for reports (the CLI)."""
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())

@@ -1,0 +1,93 @@
+"""The one retry policy: what a Stripe answer means for the events it was about.
+
+The SDK's `StripeClient` retries nothing by default, never retries a 429 without
+`Stripe-Should-Retry` and ignores `Retry-After`; so every decision is made here, once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+import stripe
+
+DUPLICATE_MESSAGE: Final = "An event already exists with identifier"
+
+
+class Verdict(Enum):
+    DELIVERED = "delivered"  # accepted, or already held by Stripe (duplicate identifier)
+    RETRY = "retry"  # 429, 5xx, network: try again later, same identifier
+    PAUSE = "pause"  # 401/403: the key is wrong; keep everything, stop sending for a while
+    DEAD = "dead"  # Stripe rejected this event for good: dead-letter with its code
+    RENEW_SESSION = "renew_session"  # v2 session token expired: renew and resend now
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    code: str = ""
+    message: str = ""
+    retry_after: float | None = None
+
+
+def _header(err: stripe.StripeError, name: str) -> str | None:
+    headers = err.headers or {}
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def _error_code(err: stripe.StripeError) -> str:
+    if err.code:
+        return str(err.code)
+    body = err.json_body if isinstance(err.json_body, dict) else {}
+    inner = body.get("error") if isinstance(body.get("error"), dict) else {}
+    assert isinstance(inner, dict)
+    return str(inner.get("code") or inner.get("type") or type(err).__name__)
+
+
+def retry_after_seconds(err: stripe.StripeError) -> float | None:
+    raw = _header(err, "Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def classify(err: BaseException) -> Outcome:
+    """Map an exception from a send to what happens to its events."""
+    if not isinstance(err, stripe.StripeError):
+        # httpx/OS errors that escaped the SDK, timeouts: transient.
+        return Outcome(Verdict.RETRY, "connection_error", f"{type(err).__name__}: {err}")
+    message = str(err.user_message or err)
+    if isinstance(err, stripe.TemporarySessionExpiredError):
+        return Outcome(Verdict.RENEW_SESSION, _error_code(err), message)
+    if isinstance(err, stripe.RateLimitError):
+        return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
+    if isinstance(err, stripe.APIConnectionError):
+        return Outcome(Verdict.RETRY, "connection_error", message)
+    status = err.http_status or 0
+    if isinstance(err, (stripe.AuthenticationError, stripe.PermissionError)) or status in (401, 403):
+        return Outcome(Verdict.PAUSE, _error_code(err), message)
+    if status == 429:
+        return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
+    if status >= 500 or status in (0, 408, 409):
+        return Outcome(Verdict.RETRY, _error_code(err), message, retry_after_seconds(err))
+    if DUPLICATE_MESSAGE in message:
+        return Outcome(Verdict.DELIVERED, "duplicate_identifier", message)
+    if _header(err, "Stripe-Should-Retry") == "true":
+        return Outcome(Verdict.RETRY, _error_code(err), message, retry_after_seconds(err))
+    return Outcome(Verdict.DEAD, _error_code(err), message)
+
+
+def backoff(attempts: int, retry_after: float | None = None, *, base: float = 0.5, cap: float = 60.0) -> float:
+    """Capped exponential backoff with full jitter; never earlier than Retry-After."""
+    delay = random.uniform(0.5, 1.0) * min(cap, base * (2 ** min(attempts, 16)))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
