@@ -60,8 +60,3 @@ def local_meter(tmp_path: Path) -> Iterator[Callable[..., TokenMeter]]:
     yield factory
     for m in meters:
         m.close(timeout=1.0)
-
-
-def event_tuples(fake: Any) -> list[tuple[str, str, str, int]]:
-    """(customer, model, token_type, value) of every event FakeStripe accepted, sorted."""
-    return sorted((e.customer, e.payload["model"], e.payload["token_type"], e.value) for e in fake.events())
