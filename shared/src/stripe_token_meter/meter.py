@@ -254,8 +254,10 @@ class TokenMeter:
     def _reject(self, exc: InvalidUsage, item: _Item) -> None:
         usage, counts, fields, scoped, fallback, recorded_at = item
         record = dict(fields)
-        if usage is not None:
+        if isinstance(usage, Usage):
             record.update({k: getattr(usage, k) for k in Usage.__dataclass_fields__})
+        elif usage is not None:
+            record["usage"] = repr(usage)[:200]
         record.update(counts=counts, scope_customer=scoped, fallback_customer=fallback, recorded_at=recorded_at)
         self._outbox.reject(exc.code, exc.field, exc.message, record)
         self._count("invalid")

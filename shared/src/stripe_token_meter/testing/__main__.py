@@ -1,0 +1,92 @@
+"""Run FakeStripe standalone: ``python -m stripe_token_meter.testing [--port 12111]``.
+
+Why: demos and benchmarks in other processes (or other languages) need a Stripe to talk to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from types import FrameType
+
+from stripe_token_meter.testing.fake_stripe import FakeStripe
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stripe_token_meter.testing",
+        description="Serve a Stripe-compatible fake billing API until Ctrl-C or SIGTERM.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free)")
+    parser.add_argument(
+        "--meter",
+        action="append",
+        default=[],
+        metavar="EVENT_NAME",
+        help="create an active sum meter for EVENT_NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--customer",
+        action="append",
+        default=[],
+        metavar="CUS_ID",
+        help="create a customer with this id (repeatable)",
+    )
+    parser.add_argument(
+        "--auto-customers",
+        action="store_true",
+        help="accept any cus_ id as an existing customer",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server, print how to reach it, block until a stop signal."""
+    args = _parser().parse_args(argv)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    fake = FakeStripe(host=args.host, port=args.port)
+    fake.auto_customers = args.auto_customers
+    fake.start()
+    try:
+        for customer in args.customer:
+            fake.create_customer(customer)
+        meters = [fake.create_meter(name) for name in args.meter]
+        print(f"FakeStripe listening on {fake.url}", flush=True)
+        print(f"url={fake.url}", flush=True)
+        print(f"base_addresses={json.dumps(fake.base_addresses)}", flush=True)
+        print(
+            "stripe.StripeClient('sk_test_fake', "
+            f"base_addresses={json.dumps(fake.base_addresses)})",
+            flush=True,
+        )
+        for meter in meters:
+            print(f"meter {meter['id']} event_name={meter['event_name']}", flush=True)
+        for customer in args.customer:
+            print(f"customer {customer}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+        events = fake.events()
+        print(
+            f"FakeStripe stopped: {len(events)} events accepted, "
+            f"{len(fake.error_reports)} error reports",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
