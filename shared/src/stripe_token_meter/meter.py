@@ -81,6 +81,7 @@ class TokenMeter:
         concurrency: int | None = None,
         lease_seconds: float = 30.0,
         max_retry_delay: float = 60.0,
+        retry_base_delay: float = 0.5,
         exit_timeout: float = 5.0,
     ) -> None:
         if api not in ("v2", "v1"):
@@ -117,6 +118,7 @@ class TokenMeter:
         self._concurrency = concurrency
         self._lease = lease_seconds
         self._max_retry_delay = max_retry_delay
+        self._retry_base = retry_base_delay
         self.exit_timeout = exit_timeout
         self._setup_process()
         self.closed = False
@@ -159,6 +161,7 @@ class TokenMeter:
                     None if self.local else self._make_transport,
                     lease_seconds=self._lease,
                     max_retry_delay=self._max_retry_delay,
+                    retry_base_delay=self._retry_base,
                 )
                 self._worker.start()
             return self._worker

@@ -75,6 +75,20 @@ def default_outbox_path() -> Path:
     return Path(base) / "stripe-token-meter" / "outbox.sqlite3"
 
 
+def _owner_is_dead(owner: str, host: str) -> bool:
+    """Owners are `host:pid:nonce`; only a process on this host can be checked."""
+    parts = owner.split(":")
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """A claimed outbox row: the event plus its delivery bookkeeping."""
@@ -192,6 +206,25 @@ class Outbox:
             )
             for r in fetched
         ]
+
+    def reclaim_from_dead_processes(self, host: str) -> int:
+        """Free rows leased by processes of this host that no longer exist (killed workers)."""
+        now = time.time()
+        with self._lock:
+            owners = [
+                str(r[0])
+                for r in self._conn.execute(
+                    "SELECT DISTINCT lease_owner FROM events WHERE status='pending' AND lease_until>?"
+                    " AND lease_owner IS NOT NULL",
+                    (now,),
+                )
+            ]
+        dead = [o for o in owners if _owner_is_dead(o, host)]
+        self._update_many(
+            "UPDATE events SET lease_owner=NULL, lease_until=0 WHERE status='pending' AND lease_owner=?",
+            [(o,) for o in dead],
+        )
+        return len(dead)
 
     def _update_many(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
         if not params:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -41,13 +42,16 @@ class Worker:
         *,
         lease_seconds: float = 30.0,
         max_retry_delay: float = 60.0,
+        retry_base_delay: float = 0.5,
     ) -> None:
         self._meter = meter
         self._outbox = outbox
         self._make_transport = make_transport
         self._lease = lease_seconds
         self._max_delay = max_retry_delay
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._base_delay = retry_base_delay
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = threading.Event()
         self.stop_requested = threading.Event()
         self.deadline = float("inf")
@@ -74,6 +78,8 @@ class Worker:
 
     async def _main(self) -> None:
         transport = self._make_transport() if self._make_transport else None
+        if transport is not None:
+            self._outbox.reclaim_from_dead_processes(self.host)
         try:
             while True:
                 moved = self._meter._drain_queue()
@@ -139,7 +145,7 @@ class Worker:
                 elif v is Verdict.PAUSE:
                     paused.append(row.id)
                 else:
-                    delay = backoff(row.attempts, outcome.retry_after, cap=self._max_delay)
+                    delay = backoff(row.attempts, outcome.retry_after, base=self._base_delay, cap=self._max_delay)
                     if outcome.retry_after is not None:
                         self.hold_until = max(self.hold_until, time.time() + outcome.retry_after)
                     key = (round(delay, 1), outcome.code, outcome.message)

@@ -124,7 +124,9 @@ class ApiError(Exception):
         if self.code is not None:
             err["code"] = self.code
             if api == "v1":
-                err["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+                err["doc_url"] = (
+                    f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+                )
         if self.param is not None:
             err["param"] = self.param
         return self.status, dumps({"error": err}), list(self.headers)
@@ -139,7 +141,9 @@ def invalid(
     headers: list[tuple[str, str]] | None = None,
 ) -> ApiError:
     """Shorthand for the common ``invalid_request_error``."""
-    return ApiError(status, "invalid_request_error", message, code=code, param=param, headers=headers)
+    return ApiError(
+        status, "invalid_request_error", message, code=code, param=param, headers=headers
+    )
 
 
 def missing(param: str) -> ApiError:
@@ -219,10 +223,12 @@ def opt_int(params: dict[str, Any], name: str, default: int | None = None) -> in
 def opt_bool(params: dict[str, Any], name: str) -> bool | None:
     """A boolean parameter (``true``/``false`` in form encoding)."""
     value = params.get(name)
-    if value is None or isinstance(value, bool):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return bool(value)
     if value in ("true", "false"):
-        return value == "true"
+        return bool(value == "true")
     raise invalid(f"Invalid boolean: {value}", "parameter_invalid_boolean", name)
 
 
@@ -232,22 +238,24 @@ def str_dict(value: Any, name: str) -> dict[str, str]:
         return {}
     if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
         return dict(value)
-    raise invalid(f"Invalid hash: {name} must be a map of strings", "parameter_invalid_string", name)
+    raise invalid(
+        f"Invalid hash: {name} must be a map of strings", "parameter_invalid_string", name
+    )
 
 
 def paginate(items: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict[str, Any]:
     """Stripe list object with ``limit``/``starting_after``/``ending_before`` cursor paging."""
     limit = opt_int(params, "limit", 10) or 10
     if not 1 <= limit <= 100:
-        raise invalid("Invalid limit: must be between 1 and 100", "parameter_invalid_integer", "limit")
+        raise invalid(
+            "Invalid limit: must be between 1 and 100", "parameter_invalid_integer", "limit"
+        )
     after = opt_str(params, "starting_after")
     before = opt_str(params, "ending_before")
     cursor = after or before
     if cursor:
-        for idx, obj in enumerate(items):
-            if obj.get("id") == cursor:
-                break
-        else:
+        idx = next((i for i, obj in enumerate(items) if obj.get("id") == cursor), -1)
+        if idx < 0:
             raise invalid(
                 f"No such object: '{cursor}'",
                 "resource_missing",

@@ -36,6 +36,7 @@ POSTs honour ``Idempotency-Key`` like Stripe: a 2xx answer is replayed for a ret
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import socket
 import socketserver
@@ -677,12 +678,7 @@ class FakeStripe:
         raw = payload.get(meter.value_key)
         if raw is None and meter.formula == "count":
             value = 1
-        elif (
-            raw is None
-            or not raw.isdigit()
-            or not raw.isascii()
-            or len(raw) > _MAX_VALUE_DIGITS
-        ):
+        elif raw is None or not raw.isdigit() or not raw.isascii() or len(raw) > _MAX_VALUE_DIGITS:
             return _Rejection(
                 "meter_event_invalid_value",
                 f"The value for '{meter.value_key}' must be a non-negative whole number, "
@@ -762,7 +758,11 @@ class FakeStripe:
         event_name = req_str(p, "event_name")
         kind = p.get("type", "cancel")
         if kind != "cancel":
-            raise invalid(f"Invalid type: must be one of cancel, got {kind!r}", "parameter_invalid_string", "type")
+            raise invalid(
+                f"Invalid type: must be one of cancel, got {kind!r}",
+                "parameter_invalid_string",
+                "type",
+            )
         cancel = p.get("cancel")
         identifier = cancel.get("identifier") if isinstance(cancel, dict) else None
         if not isinstance(identifier, str) or not identifier:
@@ -808,14 +808,16 @@ class FakeStripe:
             raise missing("default_aggregation[formula]")
         if formula not in _FORMULAS:
             raise invalid(
-                f"Invalid default_aggregation[formula]: must be one of sum, count, or last",
+                "Invalid default_aggregation[formula]: must be one of sum, count, or last",
                 "parameter_invalid_string",
                 "default_aggregation[formula]",
             )
         customer_key = "stripe_customer_id"
         mapping = p.get("customer_mapping")
         if mapping is not None:
-            if not isinstance(mapping, dict) or not isinstance(mapping.get("event_payload_key"), str):
+            if not isinstance(mapping, dict) or not isinstance(
+                mapping.get("event_payload_key"), str
+            ):
                 raise missing("customer_mapping[event_payload_key]")
             if mapping.get("type", "by_id") != "by_id":
                 raise invalid(
@@ -827,7 +829,9 @@ class FakeStripe:
         value_key = "value"
         settings = p.get("value_settings")
         if settings is not None:
-            if not isinstance(settings, dict) or not isinstance(settings.get("event_payload_key"), str):
+            if not isinstance(settings, dict) or not isinstance(
+                settings.get("event_payload_key"), str
+            ):
                 raise missing("value_settings[event_payload_key]")
             value_key = settings["event_payload_key"]
         dims = p.get("dimension_payload_keys") or []
@@ -913,7 +917,9 @@ class FakeStripe:
         if end is None:
             raise missing("end_time")
         if end <= start:
-            raise invalid("end_time must be after start_time", "parameter_invalid_integer", "end_time")
+            raise invalid(
+                "end_time must be after start_time", "parameter_invalid_integer", "end_time"
+            )
         window = opt_str(p, "value_grouping_window")
         if window not in (None, "hour", "day"):
             raise invalid(
@@ -923,7 +929,9 @@ class FakeStripe:
             )
         step = end - start if window is None else (3600 if window == "hour" else DAY)
         if (end - start) // step > 10_000:
-            raise invalid("Too many grouping windows requested.", "parameter_invalid_integer", "start_time")
+            raise invalid(
+                "Too many grouping windows requested.", "parameter_invalid_integer", "start_time"
+            )
         cancelled = self._cancelled
         relevant = [
             e
@@ -1030,9 +1038,7 @@ class FakeStripe:
         name = req_str(p, "name")
         pid = opt_str(p, "id") or new_id("prod")
         if pid in self._products:
-            raise invalid(
-                f"Product already exists with id {pid}.", "resource_already_exists", "id"
-            )
+            raise invalid(f"Product already exists with id {pid}.", "resource_already_exists", "id")
         active = opt_bool(p, "active")
         obj: dict[str, Any] = {
             "id": pid,
@@ -1054,9 +1060,7 @@ class FakeStripe:
     def _h_product_list(self, req: _Request) -> tuple[int, Any]:
         active = opt_bool(req.params, "active")
         items = [
-            o
-            for o in reversed(self._products.values())
-            if active is None or o["active"] == active
+            o for o in reversed(self._products.values()) if active is None or o["active"] == active
         ]
         return 200, paginate(items, req.params, "/v1/products")
 
@@ -1088,7 +1092,9 @@ class FakeStripe:
             usage_type = recurring.get("usage_type", "licensed")
             meter_id = recurring.get("meter")
             if meter_id is not None and meter_id not in self._meters:
-                raise invalid(f"No such billing meter: '{meter_id}'", "resource_missing", "recurring[meter]")
+                raise invalid(
+                    f"No such billing meter: '{meter_id}'", "resource_missing", "recurring[meter]"
+                )
             if usage_type == "metered" and meter_id is None:
                 raise missing("recurring[meter]")
             recurring_obj = {
@@ -1215,48 +1221,6 @@ class FakeStripe:
             "livemode": False,
         }
 
-    def _v2_event(self, raw: Any, where: str, now: float) -> tuple[str, str, dict[str, str], int]:
-        """Synchronous shape checks for one v2 event; returns (name, identifier, payload, ts)."""
-        prefix = f"{where}." if where else ""
-        if not isinstance(raw, dict):
-            raise invalid(f"{where or 'body'} must be an object.", "invalid_request", where or None)
-        for key in raw:
-            if key not in _V2_EVENT_FIELDS:
-                raise unknown_param(prefix + key)
-        name = raw.get("event_name")
-        if not isinstance(name, str) or not name:
-            raise missing(prefix + "event_name")
-        payload = raw.get("payload")
-        if not isinstance(payload, dict):
-            raise missing(prefix + "payload")
-        for k, v in payload.items():
-            if not isinstance(v, str):
-                raise invalid(
-                    f"{prefix}payload.{k} must be a string.", "invalid_request", f"{prefix}payload.{k}"
-                )
-        identifier = raw.get("identifier")
-        if identifier is None:
-            identifier = str(uuid.uuid4())
-        elif not isinstance(identifier, str) or not identifier:
-            raise invalid(
-                f"{prefix}identifier must be a non-empty string.", "invalid_request", prefix + "identifier"
-            )
-        ts_raw = raw.get("timestamp")
-        if ts_raw is None:
-            ts = int(now)
-        else:
-            try:
-                if not isinstance(ts_raw, str):
-                    raise ValueError(ts_raw)
-                ts = parse_iso(ts_raw)
-            except ValueError:
-                raise invalid(
-                    f"{prefix}timestamp must be an RFC 3339 timestamp, got {ts_raw!r}.",
-                    "invalid_request",
-                    prefix + "timestamp",
-                ) from None
-        return name, identifier, payload, ts
-
     def _h_stream_create(self, req: _Request) -> tuple[int, Any]:
         events = req.params.get("events")
         for key in req.params:
@@ -1273,7 +1237,7 @@ class FakeStripe:
                 "events",
             )
         now = req.now
-        parsed = [self._v2_event(raw, f"events[{i}]", now) for i, raw in enumerate(events)]
+        parsed = [_v2_event(raw, i, now) for i, raw in enumerate(events)]
         reports = self._error_reports
         for name, identifier, payload, ts in parsed:
             rejection = self._accept(name, identifier, payload, ts, "v2", now)
@@ -1289,7 +1253,7 @@ class FakeStripe:
         return 200, b"{}"
 
     def _h_v2_meter_event_create(self, req: _Request) -> tuple[int, Any]:
-        name, identifier, payload, ts = self._v2_event(req.params, "", req.now)
+        name, identifier, payload, ts = _v2_event(req.params, None, req.now)
         self._accept_or_raise(name, identifier, payload, ts, "v2", req.now)
         return 200, {
             "object": "v2.billing.meter_event",
@@ -1316,6 +1280,52 @@ class FakeStripe:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _field(index: int | None, name: str) -> str:
+    """Error ``param`` path for a v2 event field (``events[3].payload``) built only on error."""
+    return name if index is None else f"events[{index}].{name}"
+
+
+def _v2_event(raw: Any, index: int | None, now: float) -> tuple[str, str, dict[str, str], int]:
+    """Synchronous shape checks for one v2 event; returns (name, identifier, payload, ts).
+
+    Shape errors fail the whole request (Stripe validates the schema synchronously);
+    business-rule errors are left to ``_accept``.
+    """
+    if not isinstance(raw, dict):
+        where = "body" if index is None else f"events[{index}]"
+        raise invalid(f"{where} must be an object.", "invalid_request", where)
+    if not _V2_EVENT_FIELDS.issuperset(raw):
+        raise unknown_param(_field(index, next(k for k in raw if k not in _V2_EVENT_FIELDS)))
+    name = raw.get("event_name")
+    if not isinstance(name, str) or not name:
+        raise missing(_field(index, "event_name"))
+    payload = raw.get("payload")
+    if not isinstance(payload, dict):
+        raise missing(_field(index, "payload"))
+    for k, v in payload.items():
+        if not isinstance(v, str):
+            where = _field(index, f"payload.{k}")
+            raise invalid(f"{where} must be a string.", "invalid_request", where)
+    identifier = raw.get("identifier")
+    if identifier is None:
+        identifier = str(uuid.uuid4())
+    elif not isinstance(identifier, str) or not identifier:
+        where = _field(index, "identifier")
+        raise invalid(f"{where} must be a non-empty string.", "invalid_request", where)
+    ts_raw = raw.get("timestamp")
+    if ts_raw is None:
+        return name, identifier, payload, int(now)
+    try:
+        if not isinstance(ts_raw, str):
+            raise ValueError(ts_raw)
+        return name, identifier, payload, parse_iso(ts_raw)
+    except ValueError:
+        where = _field(index, "timestamp")
+        raise invalid(
+            f"{where} must be an RFC 3339 timestamp, got {ts_raw!r}.", "invalid_request", where
+        ) from None
 
 
 def _duplicate(identifier: str) -> _Rejection:
@@ -1381,9 +1391,7 @@ def _parse_params(api: ApiVersion, method: str, query: str, body: bytes) -> dict
 
 
 _STATIC: dict[tuple[str, str], _Route] = {
-    ("POST", "/v1/billing/meter_events"): _Route(
-        FakeStripe._h_meter_event_create, "v1", "key"
-    ),
+    ("POST", "/v1/billing/meter_events"): _Route(FakeStripe._h_meter_event_create, "v1", "key"),
     ("POST", "/v1/billing/meter_event_adjustments"): _Route(
         FakeStripe._h_adjustment_create, "v1", "key"
     ),
@@ -1395,15 +1403,11 @@ _STATIC: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/products"): _Route(FakeStripe._h_product_list, "v1", "key"),
     ("POST", "/v1/prices"): _Route(FakeStripe._h_price_create, "v1", "key"),
     ("GET", "/v1/prices"): _Route(FakeStripe._h_price_list, "v1", "key"),
-    ("POST", "/v2/billing/meter_event_session"): _Route(
-        FakeStripe._h_session_create, "v2", "key"
-    ),
+    ("POST", "/v2/billing/meter_event_session"): _Route(FakeStripe._h_session_create, "v2", "key"),
     ("POST", "/v2/billing/meter_event_stream"): _Route(
         FakeStripe._h_stream_create, "v2", "session"
     ),
-    ("POST", "/v2/billing/meter_events"): _Route(
-        FakeStripe._h_v2_meter_event_create, "v2", "key"
-    ),
+    ("POST", "/v2/billing/meter_events"): _Route(FakeStripe._h_v2_meter_event_create, "v2", "key"),
     ("POST", "/v2/billing/meter_event_adjustments"): _Route(
         FakeStripe._h_v2_adjustment_create, "v2", "key"
     ),
@@ -1411,9 +1415,24 @@ _STATIC: dict[tuple[str, str], _Route] = {
 
 # (method, prefix, suffix) -> route, for paths shaped "<prefix>{id}<suffix>".
 _DYNAMIC: list[tuple[str, str, str, _Route]] = [
-    ("GET", "/v1/billing/meters/", "/event_summaries", _Route(FakeStripe._h_event_summaries, "v1", "key")),
-    ("POST", "/v1/billing/meters/", "/deactivate", _Route(FakeStripe._h_meter_deactivate, "v1", "key")),
-    ("POST", "/v1/billing/meters/", "/reactivate", _Route(FakeStripe._h_meter_reactivate, "v1", "key")),
+    (
+        "GET",
+        "/v1/billing/meters/",
+        "/event_summaries",
+        _Route(FakeStripe._h_event_summaries, "v1", "key"),
+    ),
+    (
+        "POST",
+        "/v1/billing/meters/",
+        "/deactivate",
+        _Route(FakeStripe._h_meter_deactivate, "v1", "key"),
+    ),
+    (
+        "POST",
+        "/v1/billing/meters/",
+        "/reactivate",
+        _Route(FakeStripe._h_meter_reactivate, "v1", "key"),
+    ),
     ("GET", "/v1/billing/meters/", "", _Route(FakeStripe._h_meter_retrieve, "v1", "key")),
     ("POST", "/v1/billing/meters/", "", _Route(FakeStripe._h_meter_update, "v1", "key")),
     ("GET", "/v1/customers/", "", _Route(FakeStripe._h_customer_retrieve, "v1", "key")),
@@ -1543,7 +1562,5 @@ class _Server(ThreadingHTTPServer):
         with self._conns_lock:
             conns = list(self._conns)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
