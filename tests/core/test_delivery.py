@@ -8,17 +8,22 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support.events import event_tuples
-
 from stripe_token_meter import TokenMeter, Usage
+from support.events import event_tuples
 
 MeterFactory = Callable[..., TokenMeter]
 
 
 def _usage(i: int, customer: str = "cus_a") -> Usage:
     return Usage.from_openai(
-        model="gpt-4o-2024-08-06", provider="openai", customer_id=customer, request_id=f"req-{i}",
-        prompt_tokens=100 + i, completion_tokens=50, cached_tokens=30, reasoning_tokens=10,
+        model="gpt-4o-2024-08-06",
+        provider="openai",
+        customer_id=customer,
+        request_id=f"req-{i}",
+        prompt_tokens=100 + i,
+        completion_tokens=50,
+        cached_tokens=30,
+        reasoning_tokens=10,
     )
 
 
@@ -33,9 +38,17 @@ def _assert_once(fake: Any, expected: int) -> None:
 def test_exact_events_basic(make_meter: MeterFactory, fake_stripe: Any, api: str) -> None:
     meter = make_meter(api=api)
     meter.record(_usage(1))
-    meter.record(counts="anthropic", model="claude-3-5-sonnet-20241022", provider="anthropic", customer_id="cus_b",
-                 request_id="claude-1", input_tokens=50, output_tokens=30, cache_read_input_tokens=200,
-                 cache_creation_input_tokens=100)
+    meter.record(
+        counts="anthropic",
+        model="claude-3-5-sonnet-20241022",
+        provider="anthropic",
+        customer_id="cus_b",
+        request_id="claude-1",
+        input_tokens=50,
+        output_tokens=30,
+        cache_read_input_tokens=200,
+        cache_creation_input_tokens=100,
+    )
     assert meter.flush(10)
     assert event_tuples(fake_stripe) == [
         ("cus_a", "openai/gpt-4o", "input", 101),
@@ -44,7 +57,12 @@ def test_exact_events_basic(make_meter: MeterFactory, fake_stripe: Any, api: str
         ("cus_b", "anthropic/claude-3.5-sonnet", "output", 30),
     ]
     assert {e.api for e in fake_stripe.events()} == {api}
-    assert sorted(fake_stripe.identifiers()) == ["claude-1:input", "claude-1:output", "req-1:input", "req-1:output"]
+    assert sorted(fake_stripe.identifiers()) == [
+        "claude-1:input",
+        "claude-1:output",
+        "req-1:input",
+        "req-1:output",
+    ]
     s = meter.stats()
     assert (s["delivered"], s["pending"], s["dead_lettered"]) == (4, 0, 0)
 
@@ -53,9 +71,17 @@ def test_exact_events_basic(make_meter: MeterFactory, fake_stripe: Any, api: str
 def test_exact_events_detailed(make_meter: MeterFactory, fake_stripe: Any, api: str) -> None:
     meter = make_meter(api=api, token_types="detailed")
     meter.record(_usage(0))
-    meter.record(counts="anthropic", model="claude-opus-4-1", provider="anthropic", customer_id="cus_b",
-                 request_id="c", input_tokens=50, output_tokens=30, cache_read_input_tokens=200,
-                 cache_creation_input_tokens=100)
+    meter.record(
+        counts="anthropic",
+        model="claude-opus-4-1",
+        provider="anthropic",
+        customer_id="cus_b",
+        request_id="c",
+        input_tokens=50,
+        output_tokens=30,
+        cache_read_input_tokens=200,
+        cache_creation_input_tokens=100,
+    )
     assert meter.flush(10)
     assert event_tuples(fake_stripe) == [
         ("cus_a", "openai/gpt-4o", "cached_input", 30),
@@ -70,7 +96,9 @@ def test_exact_events_detailed(make_meter: MeterFactory, fake_stripe: Any, api: 
 
 
 @pytest.mark.parametrize("api", ["v2", "v1"])
-def test_replay_from_another_outbox_never_bills_twice(make_meter: MeterFactory, fake_stripe: Any, api: str) -> None:
+def test_replay_from_another_outbox_never_bills_twice(
+    make_meter: MeterFactory, fake_stripe: Any, api: str
+) -> None:
     first, second = make_meter(api=api), make_meter(api=api)
     for i in range(5):
         first.record(_usage(i))
@@ -96,7 +124,9 @@ def test_429_storm_with_retry_after(make_meter: MeterFactory, fake_stripe: Any, 
 
 
 @pytest.mark.parametrize("api", ["v2", "v1"])
-def test_500_bursts_and_dropped_connections(make_meter: MeterFactory, fake_stripe: Any, api: str) -> None:
+def test_500_bursts_and_dropped_connections(
+    make_meter: MeterFactory, fake_stripe: Any, api: str
+) -> None:
     fake_stripe.fail_next(4, status=500)
     fake_stripe.drop_next(3)
     meter = make_meter(api=api, retry_base_delay=0.02)
@@ -119,7 +149,9 @@ def test_v2_session_expiry_mid_stream(make_meter: MeterFactory, fake_stripe: Any
     assert fake_stripe.requests[("POST", "/v2/billing/meter_event_session")] == 2
 
 
-def test_v1_unknown_customer_is_dead_lettered_with_stripe_code(make_meter: MeterFactory, fake_stripe: Any) -> None:
+def test_v1_unknown_customer_is_dead_lettered_with_stripe_code(
+    make_meter: MeterFactory, fake_stripe: Any
+) -> None:
     fake_stripe.auto_customers = False
     fake_stripe.create_customer("cus_known")
     meter = make_meter(api="v1")
@@ -127,8 +159,13 @@ def test_v1_unknown_customer_is_dead_lettered_with_stripe_code(make_meter: Meter
     meter.record(_usage(2, "cus_ghost"))
     assert meter.flush(10)
     assert {e.customer for e in fake_stripe.events()} == {"cus_known"}
-    dead = meter._outbox.query("SELECT identifier, error_code FROM events WHERE status='dead' ORDER BY identifier")
-    assert dead == [("req-2:input", "meter_event_customer_not_found"), ("req-2:output", "meter_event_customer_not_found")]
+    dead = meter._outbox.query(
+        "SELECT identifier, error_code FROM events WHERE status='dead' ORDER BY identifier"
+    )
+    assert dead == [
+        ("req-2:input", "meter_event_customer_not_found"),
+        ("req-2:output", "meter_event_customer_not_found"),
+    ]
     s = meter.stats()
     assert (s["delivered"], s["dead_events"], s["dead_lettered"]) == (2, 2, 2)
     # The cause is fixed: replay with the same identifiers.
@@ -146,3 +183,46 @@ def test_wrong_key_pauses_and_keeps_events(make_meter: MeterFactory, fake_stripe
     s = meter.stats()
     assert s["paused"] and s["pending"] == 2 and s["delivered"] == 0 and s["dead_lettered"] == 0
     assert fake_stripe.events() == []
+
+
+def test_api_key_and_api_base_build_their_own_client(fake_stripe: Any, tmp_path: Any) -> None:
+    meter = TokenMeter(
+        api_key="rk_test_abc", api_base=fake_stripe.url, outbox_path=tmp_path / "o.sqlite3"
+    )
+    meter.record(_usage(7))
+    assert meter.flush(10)
+    assert sorted(fake_stripe.identifiers()) == ["req-7:input", "req-7:output"]
+    assert "rk_test_abc" not in repr(meter.stats())
+    meter.close()
+
+
+def test_forked_child_gets_a_fresh_worker(fake_stripe: Any, tmp_path: Any) -> None:
+    import os
+
+    meter = TokenMeter(
+        api_key="sk_test_abc", api_base=fake_stripe.url, outbox_path=tmp_path / "o.sqlite3"
+    )
+    meter.record(_usage(1))
+    assert meter.flush(10)
+    pid = os.fork()
+    if pid == 0:  # child: record and deliver through its own worker, then exit hard
+        try:
+            meter.record(_usage(2))
+            ok = meter.flush(10)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    meter.record(_usage(3))
+    assert meter.flush(10)
+    _assert_once(fake_stripe, 6)
+    meter.close()
+
+
+@pytest.mark.parametrize("key", ["pk_test_123", "whatever"])
+def test_publishable_or_unknown_keys_are_refused(key: str) -> None:
+    from stripe_token_meter import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="rk_") as e:
+        TokenMeter(api_key=key, outbox_path=":memory:")
+    assert key not in str(e.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from stripe_token_meter import normalize_model, normalize_provider
 
 
@@ -27,7 +26,11 @@ from stripe_token_meter import normalize_model, normalize_provider
         ("azure_openai", "gpt-4o-2024-08-06", "azure/gpt-4o-2024-08-06"),
         ("azure", "gpt-4o", "azure/gpt-4o"),
         ("google_genai", "gemini-2.0-flash-001", "google/gemini-2.0-flash-001"),
-        ("bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0", "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0"),
+        (
+            "bedrock",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        ),
         (None, "my-model", "my-model"),
     ],
 )

@@ -42,11 +42,15 @@ RECORDER = textwrap.dedent(
 
 def _run(fake_url: str, outbox: Path, n: int, **env: str) -> subprocess.Popen[str]:
     full = dict(os.environ, FAKE_STRIPE_URL=fake_url, OUTBOX=str(outbox), N=str(n), **env)
-    return subprocess.Popen([sys.executable, "-c", RECORDER], env=full, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RECORDER], env=full, stdout=subprocess.PIPE, text=True
+    )
 
 
 def _drain(fake: Any, outbox: Path) -> TokenMeter:
-    meter = TokenMeter(stripe_client=make_client("sk_test_fake", fake.base_addresses), outbox_path=outbox)
+    meter = TokenMeter(
+        stripe_client=make_client("sk_test_fake", fake.base_addresses), outbox_path=outbox
+    )
     assert meter.flush(60)
     return meter
 
@@ -57,7 +61,9 @@ def _assert_each_once(fake: Any, n_calls: int) -> None:
     assert set(ids) == {f"call-{i}:{t}" for i in range(n_calls) for t in ("input", "output")}
 
 
-def test_sigkill_mid_delivery_then_next_process_delivers_rest(fake_stripe: Any, tmp_path: Path) -> None:
+def test_sigkill_mid_delivery_then_next_process_delivers_rest(
+    fake_stripe: Any, tmp_path: Path
+) -> None:
     fake_stripe.latency = 0.01  # slow enough to be killed mid-delivery
     outbox = tmp_path / "outbox.sqlite3"
     proc = _run(fake_stripe.url, outbox, 5000, HANG="1")
@@ -76,14 +82,18 @@ def test_sigkill_mid_delivery_then_next_process_delivers_rest(fake_stripe: Any, 
     meter.close()
 
 
-def test_interpreter_exit_delivers_pending_events_within_bound(fake_stripe: Any, tmp_path: Path) -> None:
+def test_interpreter_exit_delivers_pending_events_within_bound(
+    fake_stripe: Any, tmp_path: Path
+) -> None:
     outbox = tmp_path / "outbox.sqlite3"
     proc = _run(fake_stripe.url, outbox, 1000)
     assert proc.wait(30) == 0
     _assert_each_once(fake_stripe, 1000)
 
 
-def test_exit_with_stripe_unreachable_keeps_events_for_next_start(fake_stripe: Any, tmp_path: Path) -> None:
+def test_exit_with_stripe_unreachable_keeps_events_for_next_start(
+    fake_stripe: Any, tmp_path: Path
+) -> None:
     outbox = tmp_path / "outbox.sqlite3"
     start = time.monotonic()
     proc = _run("none", outbox, 200, EXIT_TIMEOUT="1")
@@ -99,11 +109,23 @@ def test_several_processes_share_one_outbox(fake_stripe: Any, tmp_path: Path) ->
     fake_stripe.fail_next(5, status=429, retry_after=0.1)
     fake_stripe.fail_next(5, status=500)
     outbox = tmp_path / "outbox.sqlite3"
-    script = RECORDER.replace('request_id=f"call-{i}"', 'request_id=f"call-{i + int(os.environ[\'OFFSET\'])}"')
+    script = RECORDER.replace(
+        'request_id=f"call-{i}"', "request_id=f\"call-{i + int(os.environ['OFFSET'])}\""
+    )
     procs = []
     for k in range(3):
-        env = dict(os.environ, FAKE_STRIPE_URL=fake_stripe.url, OUTBOX=str(outbox), N="500", OFFSET=str(k * 500))
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            FAKE_STRIPE_URL=fake_stripe.url,
+            OUTBOX=str(outbox),
+            N="500",
+            OFFSET=str(k * 500),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+            )
+        )
     for p in procs:
         assert p.wait(60) == 0
     meter = _drain(fake_stripe, outbox)  # picks up anything a process left behind

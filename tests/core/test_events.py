@@ -7,15 +7,26 @@ import time
 from stripe_token_meter import Usage, build_events, make_identifier, normalize_model
 
 USAGE = Usage.from_openai(
-    model="gpt-4o-2024-08-06", provider="openai", prompt_tokens=100, completion_tokens=50,
-    cached_tokens=30, reasoning_tokens=10, dimensions={"feature": "chat"},
+    model="gpt-4o-2024-08-06",
+    provider="openai",
+    prompt_tokens=100,
+    completion_tokens=50,
+    cached_tokens=30,
+    reasoning_tokens=10,
+    dimensions={"feature": "chat"},
 )
 
 
 def _build(mode: str, **kw: str) -> list:  # type: ignore[type-arg]
     return build_events(
-        USAGE, customer_id="cus_1", request_id="run-1", timestamp=time.time(), event_name="ev",
-        token_types=mode, normalizer=normalize_model, **kw,  # type: ignore[arg-type]
+        USAGE,
+        customer_id="cus_1",
+        request_id="run-1",
+        timestamp=time.time(),
+        event_name="ev",
+        token_types=mode,
+        normalizer=normalize_model,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -23,7 +34,11 @@ def test_basic_events() -> None:
     events = _build("basic")
     assert [(e.token_type, e.value) for e in events] == [("input", 100), ("output", 50)]
     assert events[0].payload == {
-        "feature": "chat", "stripe_customer_id": "cus_1", "value": "100", "model": "openai/gpt-4o", "token_type": "input",
+        "feature": "chat",
+        "stripe_customer_id": "cus_1",
+        "value": "100",
+        "model": "openai/gpt-4o",
+        "token_type": "input",
     }
     assert [e.identifier for e in events] == ["run-1:input", "run-1:output"]
 
@@ -31,7 +46,10 @@ def test_basic_events() -> None:
 def test_detailed_events_sum_to_basic_total() -> None:
     events = _build("detailed")
     assert [(e.token_type, e.value) for e in events] == [
-        ("input", 70), ("cached_input", 30), ("output", 40), ("reasoning", 10),
+        ("input", 70),
+        ("cached_input", 30),
+        ("output", 40),
+        ("reasoning", 10),
     ]
     assert sum(e.value for e in events) == sum(e.value for e in _build("basic"))
 

@@ -12,21 +12,38 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from stripe_token_meter import InvalidTokenCount, MissingCustomer, TokenMeter, Usage
 
 MeterFactory = Callable[..., TokenMeter]
 
 
 def _rows(meter: TokenMeter) -> list[tuple[Any, ...]]:
-    return meter._outbox.query("SELECT customer_id, model, token_type, value, status FROM events ORDER BY id")
+    return meter._outbox.query(
+        "SELECT customer_id, model, token_type, value, status FROM events ORDER BY id"
+    )
 
 
 def test_no_key_records_to_local_ledger(local_meter: MeterFactory) -> None:
     meter = local_meter()
-    meter.record(Usage(customer_id="cus_a", model="openai/gpt-4o", input_tokens=1200, output_tokens=300, request_id="r1"))
-    meter.record(counts="anthropic", model="claude-3-5-sonnet-20241022", provider="anthropic", input_tokens=10,
-                 output_tokens=5, cache_read_input_tokens=100, customer_id="cus_b", request_id="r2")
+    meter.record(
+        Usage(
+            customer_id="cus_a",
+            model="openai/gpt-4o",
+            input_tokens=1200,
+            output_tokens=300,
+            request_id="r1",
+        )
+    )
+    meter.record(
+        counts="anthropic",
+        model="claude-3-5-sonnet-20241022",
+        provider="anthropic",
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_input_tokens=100,
+        customer_id="cus_b",
+        request_id="r2",
+    )
     assert meter.flush(5)
     assert _rows(meter) == [
         ("cus_a", "openai/gpt-4o", "input", 1200, "local"),
@@ -35,7 +52,14 @@ def test_no_key_records_to_local_ledger(local_meter: MeterFactory) -> None:
         ("cus_b", "anthropic/claude-3.5-sonnet", "output", 5, "local"),
     ]
     s = meter.stats()
-    assert (s["mode"], s["recorded"], s["events"], s["local"], s["pending"], s["dead_lettered"]) == ("local", 2, 4, 4, 0, 0)
+    assert (
+        s["mode"],
+        s["recorded"],
+        s["events"],
+        s["local"],
+        s["pending"],
+        s["dead_lettered"],
+    ) == ("local", 2, 4, 4, 0, 0)
 
 
 def test_same_request_id_is_never_counted_twice(local_meter: MeterFactory) -> None:
@@ -56,7 +80,10 @@ def test_customer_precedence(local_meter: MeterFactory) -> None:
         meter.record(model="m", input_tokens=4, request_id="4", customer_id="cus_call")
     assert meter.flush(5)
     assert [(r[0], r[3]) for r in _rows(meter)] == [
-        ("cus_default", 1), ("cus_handler", 2), ("cus_scope", 3), ("cus_call", 4),
+        ("cus_default", 1),
+        ("cus_handler", 2),
+        ("cus_scope", 3),
+        ("cus_call", 4),
     ]
 
 
@@ -74,7 +101,9 @@ def test_scope_follows_tasks_and_copied_contexts(local_meter: MeterFactory) -> N
     asyncio.run(main())
     with meter.customer("cus_pool"), concurrent.futures.ThreadPoolExecutor(2) as pool:
         ctx = contextvars.copy_context()
-        pool.submit(ctx.run, lambda: meter.record(model="m", input_tokens=9, request_id="pool")).result()
+        pool.submit(
+            ctx.run, lambda: meter.record(model="m", input_tokens=9, request_id="pool")
+        ).result()
     assert meter.flush(5)
     assert sorted((r[0], r[3]) for r in _rows(meter)) == sorted(
         [(f"cus_t{i}", i) for i in range(1, 6)] + [("cus_pool", 9)]
@@ -119,15 +148,33 @@ def test_zero_usage_sends_nothing(local_meter: MeterFactory) -> None:
 
 
 _bad_count = st.one_of(
-    st.integers(max_value=-1), st.integers(min_value=10**15), st.just(math.nan), st.just(math.inf),
-    st.booleans(), st.text(max_size=5), st.none(), st.floats(allow_nan=False).filter(lambda f: not f.is_integer()),
+    st.integers(max_value=-1),
+    st.integers(min_value=10**15),
+    st.just(math.nan),
+    st.just(math.inf),
+    st.booleans(),
+    st.text(max_size=5),
+    st.none(),
+    st.floats(allow_nan=False).filter(lambda f: not f.is_integer()),
 )
-_field = st.sampled_from(["input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens"])
+_field = st.sampled_from(
+    [
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    ]
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(field=_field, value=_bad_count)
-def test_bad_counts_never_raise_and_are_dead_lettered(local_meter: MeterFactory, field: str, value: object) -> None:
+def test_bad_counts_never_raise_and_are_dead_lettered(
+    local_meter: MeterFactory, field: str, value: object
+) -> None:
     meter = local_meter()
     meter.record(model="m", customer_id="cus_a", **{field: value})
     meter.record(model="m", customer_id="not-a-customer", input_tokens=1)
@@ -138,8 +185,12 @@ def test_bad_counts_never_raise_and_are_dead_lettered(local_meter: MeterFactory,
     assert meter.flush(5)
     codes = [r[0] for r in meter._outbox.query("SELECT code FROM rejected ORDER BY id")]
     assert codes == [
-        "invalid_token_count", "invalid_customer", "invalid_timestamp", "invalid_dimension",
-        "invalid_usage", "invalid_usage",
+        "invalid_token_count",
+        "invalid_customer",
+        "invalid_timestamp",
+        "invalid_dimension",
+        "invalid_usage",
+        "invalid_usage",
     ]
     assert _rows(meter) == []
     meter.close()

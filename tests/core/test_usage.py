@@ -6,7 +6,6 @@ import math
 import time
 
 import pytest
-
 from stripe_token_meter import (
     InvalidCustomer,
     InvalidDimension,
@@ -18,21 +17,48 @@ from stripe_token_meter import (
 
 
 def test_disjoint_fields_and_totals() -> None:
-    u = Usage(model="m", input_tokens=70, cached_input_tokens=30, cache_write_tokens=5, output_tokens=40, reasoning_tokens=10)
+    u = Usage(
+        model="m",
+        input_tokens=70,
+        cached_input_tokens=30,
+        cache_write_tokens=5,
+        output_tokens=40,
+        reasoning_tokens=10,
+    )
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (105, 50, 155)
 
 
 def test_from_openai_is_inclusive() -> None:
-    u = Usage.from_openai(model="gpt-4o", prompt_tokens=100, completion_tokens=50, cached_tokens=30, reasoning_tokens=10)
-    assert (u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens) == (70, 30, 40, 10)
+    u = Usage.from_openai(
+        model="gpt-4o",
+        prompt_tokens=100,
+        completion_tokens=50,
+        cached_tokens=30,
+        reasoning_tokens=10,
+    )
+    assert (u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens) == (
+        70,
+        30,
+        40,
+        10,
+    )
     assert u.prompt_tokens == 100 and u.completion_tokens == 50
 
 
 def test_from_anthropic_is_exclusive() -> None:
     u = Usage.from_anthropic(
-        model="claude", input_tokens=50, output_tokens=30, cache_read_input_tokens=200, cache_creation_input_tokens=100
+        model="claude",
+        input_tokens=50,
+        output_tokens=30,
+        cache_read_input_tokens=200,
+        cache_creation_input_tokens=100,
     )
-    assert (u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens) == (50, 200, 100, 30)
+    assert (u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens) == (
+        50,
+        200,
+        100,
+        30,
+    )
     assert u.prompt_tokens == 350
 
 

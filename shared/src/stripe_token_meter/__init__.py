@@ -1,9 +1,9 @@
 """stripe-token-meter: bill every LLM token to the right Stripe customer, exactly once.
 
-    from stripe_token_meter import TokenMeter, Usage
-    meter = TokenMeter()  # STRIPE_API_KEY from the environment; no key -> local ledger
-    meter.record(Usage(customer_id="cus_123", model="openai/gpt-4o",
-                       input_tokens=1200, output_tokens=300, request_id="run-1"))
+from stripe_token_meter import TokenMeter, Usage
+meter = TokenMeter()  # STRIPE_API_KEY from the environment; no key -> local ledger
+meter.record(Usage(customer_id="cus_123", model="openai/gpt-4o",
+                   input_tokens=1200, output_tokens=300, request_id="run-1"))
 """
 
 from .customer import current_customer

@@ -73,6 +73,7 @@ class TokenMeter:
         token_types: TokenTypes = "basic",
         outbox_path: str | os.PathLike[str] | None = None,
         stripe_client: stripe.StripeClient | None = None,
+        api_base: str | None = None,
         strict: bool = False,
         normalize_models: bool | ModelNormalizer = True,
         customer_payload_key: str = "stripe_customer_id",
@@ -87,18 +88,24 @@ class TokenMeter:
         if api not in ("v2", "v1"):
             raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
         if token_types not in ("basic", "detailed"):
-            raise ConfigurationError(f"token_types: must be 'basic' or 'detailed', got {token_types!r}")
+            raise ConfigurationError(
+                f"token_types: must be 'basic' or 'detailed', got {token_types!r}"
+            )
         key = api_key if api_key is not None else os.environ.get("STRIPE_API_KEY") or None
         if key is not None:
             _check_key(key)
         self.event_name = check_text(
-            "event_name", event_name or os.environ.get("STRIPE_METER_EVENT_NAME") or "token-billing-tokens", 100
+            "event_name",
+            event_name or os.environ.get("STRIPE_METER_EVENT_NAME") or "token-billing-tokens",
+            100,
         )
         self.api = api
         self.token_types: TokenTypes = token_types
         self.strict = strict
         self.default_customer_id = (
-            check_customer("default_customer_id", default_customer_id) if default_customer_id else None
+            check_customer("default_customer_id", default_customer_id)
+            if default_customer_id
+            else None
         )
         self.customer_payload_key = check_text("customer_payload_key", customer_payload_key, 100)
         self.value_payload_key = check_text("value_payload_key", value_payload_key, 100)
@@ -109,10 +116,13 @@ class TokenMeter:
             self._normalizer = keep_model
         else:
             self._normalizer = normalize_models
+        # With a key we build a fresh client per worker (its async HTTP pool belongs to the
+        # worker's event loop, and a forked child needs its own); a given client is shared.
         self._client = stripe_client
-        if self._client is None and key is not None:
-            self._client = make_client(key)
-        self.local = self._client is None
+        self._key = key if stripe_client is None else None
+        base = api_base or os.environ.get("STRIPE_API_BASE") or None
+        self._base_addresses = {"api": base, "meter_events": base} if base else None
+        self.local = self._client is None and self._key is None
         self._outbox_path = outbox_path
         self._max_queue = max_queue
         self._concurrency = concurrency
@@ -132,6 +142,7 @@ class TokenMeter:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._outbox = Outbox(self._outbox_path)
         self._state_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
         self._counters: dict[str, int] = {
             "recorded": 0,
             "events": 0,
@@ -147,10 +158,14 @@ class TokenMeter:
         self._worker: Worker | None = None
 
     def _make_transport(self) -> Transport:
-        assert self._client is not None
+        owned = self._client is None
+        client = (
+            make_client(self._key, self._base_addresses) if self._key is not None else self._client
+        )
+        assert client is not None
         if self.api == "v1":
-            return V1Transport(self._client, concurrency=self._concurrency or 16)
-        return V2StreamTransport(self._client, concurrency=self._concurrency or 4)
+            return V1Transport(client, concurrency=self._concurrency or 16, owns_client=owned)
+        return V2StreamTransport(client, concurrency=self._concurrency or 4, owns_client=owned)
 
     def _start_worker(self) -> Worker:
         with self._state_lock:
@@ -186,7 +201,7 @@ class TokenMeter:
         `meter.customer()` scope and above the meter's default.
         """
         try:
-            item = (usage, counts, fields, _scope.get(), fallback_customer_id, time.time())
+            item: _Item = (usage, counts, fields, _scope.get(), fallback_customer_id, time.time())
             if self.strict:
                 item = (self._prepare(item),)
             if self.closed or self._queue.qsize() >= self._max_queue:
@@ -208,7 +223,9 @@ class TokenMeter:
         if usage is None:
             ctor = _CONSTRUCTORS.get(counts)
             if ctor is None:
-                raise InvalidUsage("counts", f"must be 'disjoint', 'openai' or 'anthropic', got {counts!r}")
+                raise InvalidUsage(
+                    "counts", f"must be 'disjoint', 'openai' or 'anthropic', got {counts!r}"
+                )
             try:
                 usage = ctor(**fields)
             except TypeError as exc:
@@ -226,7 +243,11 @@ class TokenMeter:
                 "`with meter.customer('cus_...')`, or set a handler customer_id/default_customer_id",
             )
         customer = check_customer("customer_id", customer)
-        ts = usage.timestamp if usage.timestamp is not None else check_timestamp("timestamp", recorded_at)
+        ts = (
+            usage.timestamp
+            if usage.timestamp is not None
+            else check_timestamp("timestamp", recorded_at)
+        )
         events = build_events(
             usage,
             customer_id=customer,
@@ -261,10 +282,17 @@ class TokenMeter:
             record.update({k: getattr(usage, k) for k in Usage.__dataclass_fields__})
         elif usage is not None:
             record["usage"] = repr(usage)[:200]
-        record.update(counts=counts, scope_customer=scoped, fallback_customer=fallback, recorded_at=recorded_at)
+        record.update(
+            counts=counts,
+            scope_customer=scoped,
+            fallback_customer=fallback,
+            recorded_at=recorded_at,
+        )
         self._outbox.reject(exc.code, exc.field, exc.message, record)
         self._count("invalid")
-        self._warn_once(f"invalid:{exc.code}", f"stripe-token-meter: usage dead-lettered ({exc.code}): {exc}")
+        self._warn_once(
+            f"invalid:{exc.code}", f"stripe-token-meter: usage dead-lettered ({exc.code}): {exc}"
+        )
 
     def _store(self, events: list[MeterEvent]) -> None:
         if events:
@@ -274,20 +302,25 @@ class TokenMeter:
                 self._count("duplicates", len(events) - added)
 
     def _drain_queue(self, limit: int = 5000) -> int:
-        """Move queued records into the outbox (one transaction). Returns records moved."""
+        """Move queued records into the outbox (one transaction). Returns records moved.
+
+        Holds `_drain_lock` from the first `get` to the commit, so `flush()` can tell
+        "queue empty" apart from "taken off the queue but not yet stored".
+        """
         events: list[MeterEvent] = []
         n = 0
         get = self._queue.get_nowait
-        while n < limit:
-            try:
-                item = get()
-            except queue.Empty:
-                break
-            n += 1
-            events.extend(self._events_or_reject(item))
-        if n:
-            self._store(events)
-            self._count("recorded", n)
+        with self._drain_lock:
+            while n < limit:
+                try:
+                    item = get()
+                except queue.Empty:
+                    break
+                n += 1
+                events.extend(self._events_or_reject(item))
+            if n:
+                self._store(events)
+                self._count("recorded", n)
         return n
 
     def _write_through(self, item: _Item) -> None:
@@ -335,19 +368,22 @@ class TokenMeter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything recorded so far is delivered, dead-lettered or in the ledger."""
         deadline = time.monotonic() + timeout
-        worker = self._worker or (self._start_worker() if self._outbox.pending_count() else None)
+        worker = self._worker
+        if worker is None and not self.closed and self._outbox.pending_count():
+            worker = self._start_worker()  # e.g. a fresh process draining a crashed one's rows
         while True:
             if worker is not None and worker.alive:
                 worker.wake.set()
-            elif not self._queue.empty():
-                self._drain_queue()
-            if self._queue.empty() and (self.local or self._outbox.pending_count() == 0):
-                # the worker may hold the last drained batch mid-transaction: re-check once
-                if self._queue.empty():
+            else:
+                self._drain_queue(limit=10**9)
+            if self._queue.empty():
+                with self._drain_lock:  # wait out a drain that took items but has not stored them
+                    pass
+                if self.local or self._outbox.pending_count() == 0:
                     return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.01)
+            time.sleep(0.005)
 
     async def aflush(self, timeout: float = 10.0) -> bool:
         """`flush()` without blocking the event loop (runs in a worker thread)."""

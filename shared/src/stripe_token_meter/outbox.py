@@ -71,7 +71,9 @@ def default_outbox_path() -> Path:
     env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "stripe-token-meter" / "outbox.sqlite3"
 
 
@@ -166,7 +168,13 @@ class Outbox:
         with self._lock:
             self._conn.execute(
                 "INSERT INTO rejected (created, code, field, message, record) VALUES (?,?,?,?,?)",
-                (time.time(), code, field, message, json.dumps(record, default=repr, sort_keys=True)),
+                (
+                    time.time(),
+                    code,
+                    field,
+                    message,
+                    json.dumps(record, default=repr, sort_keys=True),
+                ),
             )
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Row]:
@@ -286,7 +294,9 @@ class Outbox:
                 )
             return cur.rowcount
 
-    def record_adjustment(self, identifier: str, event_name: str, status: str, error: str | None) -> None:
+    def record_adjustment(
+        self, identifier: str, event_name: str, status: str, error: str | None
+    ) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO adjustments (identifier, event_name, status, error_message,"
@@ -301,7 +311,9 @@ class Outbox:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", (key, value))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", (key, value)
+            )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -314,7 +326,9 @@ class Outbox:
         """Rows per status, plus `rejected` usage records and `retrying` pending rows."""
         with self._lock:
             out = {s: 0 for s in (PENDING, DELIVERED, DEAD, LOCAL, CANCELLED)}
-            for status, n in self._conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status"):
+            for status, n in self._conn.execute(
+                "SELECT status, COUNT(*) FROM events GROUP BY status"
+            ):
                 out[str(status)] = int(n)
             out["retrying"] = int(
                 self._conn.execute(
@@ -327,7 +341,9 @@ class Outbox:
     def pending_count(self) -> int:
         with self._lock:
             return int(
-                self._conn.execute("SELECT COUNT(*) FROM events WHERE status='pending'").fetchone()[0]
+                self._conn.execute("SELECT COUNT(*) FROM events WHERE status='pending'").fetchone()[
+                    0
+                ]
             )
 
     def next_due(self) -> float | None:

@@ -72,7 +72,10 @@ def classify(err: BaseException) -> Outcome:
     if isinstance(err, stripe.APIConnectionError):
         return Outcome(Verdict.RETRY, "connection_error", message)
     status = err.http_status or 0
-    if isinstance(err, (stripe.AuthenticationError, stripe.PermissionError)) or status in (401, 403):
+    if isinstance(err, (stripe.AuthenticationError, stripe.PermissionError)) or status in (
+        401,
+        403,
+    ):
         return Outcome(Verdict.PAUSE, _error_code(err), message)
     if status == 429:
         return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
@@ -85,9 +88,11 @@ def classify(err: BaseException) -> Outcome:
     return Outcome(Verdict.DEAD, _error_code(err), message)
 
 
-def backoff(attempts: int, retry_after: float | None = None, *, base: float = 0.5, cap: float = 60.0) -> float:
+def backoff(
+    attempts: int, retry_after: float | None = None, *, base: float = 0.5, cap: float = 60.0
+) -> float:
     """Capped exponential backoff with full jitter; never earlier than Retry-After."""
-    delay = random.uniform(0.5, 1.0) * min(cap, base * (2 ** min(attempts, 16)))
+    delay: float = random.uniform(0.5, 1.0) * min(cap, base * (2.0 ** min(attempts, 16)))
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

@@ -7,6 +7,7 @@ without a key, events are written to the outbox already marked `local`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -55,8 +56,16 @@ class V2StreamTransport:
 
     api = "v2"
 
-    def __init__(self, client: stripe.StripeClient, *, batch_size: int = 100, concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        client: stripe.StripeClient,
+        *,
+        batch_size: int = 100,
+        concurrency: int = 4,
+        owns_client: bool = False,
+    ) -> None:
         self._client = client
+        self._owns_client = owns_client
         self.batch_size = min(batch_size, 100)
         self.concurrency = concurrency
         self._token: str | None = None
@@ -108,7 +117,8 @@ class V2StreamTransport:
         return [outcome] * len(rows)
 
     async def aclose(self) -> None:
-        await _close_client(self._client)
+        if self._owns_client:
+            await _close_client(self._client)
 
 
 class V1Transport:
@@ -117,8 +127,11 @@ class V1Transport:
     api = "v1"
     batch_size = 1
 
-    def __init__(self, client: stripe.StripeClient, *, concurrency: int = 16) -> None:
+    def __init__(
+        self, client: stripe.StripeClient, *, concurrency: int = 16, owns_client: bool = False
+    ) -> None:
         self._client = client
+        self._owns_client = owns_client
         self.concurrency = concurrency
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
@@ -140,19 +153,17 @@ class V1Transport:
         return out
 
     async def aclose(self) -> None:
-        await _close_client(self._client)
+        if self._owns_client:
+            await _close_client(self._client)
 
 
 async def _close_client(client: stripe.StripeClient) -> None:
-    requestor = getattr(client, "_requestor", None)
-    http = getattr(requestor, "_client", None)
-    for name in ("close_async",):
-        fn = getattr(http, name, None)
-        if fn is not None:
-            try:
-                await fn()
-            except Exception:
-                pass
+    """Close the async HTTP pool we opened, so interpreter exit does not hang on it."""
+    http = getattr(getattr(client, "_requestor", None), "_client", None)
+    close = getattr(http, "close_async", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # best effort: the worker is ending anyway
+            await close()
 
 
 def make_client(api_key: str, base_addresses: dict[str, str] | None = None) -> stripe.StripeClient:

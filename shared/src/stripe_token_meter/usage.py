@@ -58,7 +58,8 @@ def check_count(name: str, value: object) -> int:
     if isinstance(value, int):  # int subclasses (numpy ints register elsewhere)
         return check_count(name, int(value))
     raise InvalidTokenCount(
-        name, f"must be an int, got {type(value).__name__} {value!r:.40}; pass the count as a number"
+        name,
+        f"must be an int, got {type(value).__name__} {value!r:.40}; pass the count as a number",
     )
 
 
@@ -87,7 +88,8 @@ def check_timestamp(name: str, value: object, now: float | None = None) -> float
         )
     if ts > now + MAX_FUTURE_SECONDS:
         raise InvalidTimestamp(
-            name, "is more than 5 minutes in the future; check the clock (timestamp_too_far_in_future)"
+            name,
+            "is more than 5 minutes in the future; check the clock (timestamp_too_far_in_future)",
         )
     return ts
 
@@ -101,24 +103,32 @@ def check_text(name: str, value: object, max_len: int) -> str:
     return value
 
 
-def check_dimensions(value: object, reserved: frozenset[str] = RESERVED_DIMENSIONS) -> dict[str, str]:
+def check_dimensions(
+    value: object, reserved: frozenset[str] = RESERVED_DIMENSIONS
+) -> dict[str, str]:
     """Extra dimensions: string keys and values, never overriding model/token_type."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidDimension("dimensions", f"must be a mapping of str to str, got {type(value).__name__}")
+        raise InvalidDimension(
+            "dimensions", f"must be a mapping of str to str, got {type(value).__name__}"
+        )
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(k, str) or not k:
             raise InvalidDimension("dimensions", f"keys must be non-empty strings, got {k!r:.40}")
         if k in reserved:
-            raise InvalidDimension("dimensions", f"key {k!r} is reserved for the meter's own payload")
+            raise InvalidDimension(
+                "dimensions", f"key {k!r} is reserved for the meter's own payload"
+            )
         if not isinstance(v, str) or not v:
             raise InvalidDimension(
                 "dimensions", f"value of {k!r} must be a non-empty string, got {v!r:.40}"
             )
         if len(k) > 100 or len(v) > 100:
-            raise InvalidDimension("dimensions", f"{k!r}: keys and values are at most 100 characters")
+            raise InvalidDimension(
+                "dimensions", f"{k!r}: keys and values are at most 100 characters"
+            )
         out[k] = v
     return out
 
@@ -246,7 +256,9 @@ class Usage:
             model=model,
             input_tokens=check_count("input_tokens", input_tokens),
             cached_input_tokens=check_count("cache_read_input_tokens", cache_read_input_tokens),
-            cache_write_tokens=check_count("cache_creation_input_tokens", cache_creation_input_tokens),
+            cache_write_tokens=check_count(
+                "cache_creation_input_tokens", cache_creation_input_tokens
+            ),
             output_tokens=check_count("output_tokens", output_tokens),
             **common,
         )

@@ -56,7 +56,9 @@ class Worker:
         self.stop_requested = threading.Event()
         self.deadline = float("inf")
         self.hold_until = 0.0
-        self._thread = threading.Thread(target=self._run_thread, name="stripe-token-meter", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_thread, name="stripe-token-meter", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -111,10 +113,14 @@ class Worker:
     async def _deliver(self, transport: Transport) -> bool:
         if time.time() < self.hold_until:
             return False
-        rows = self._outbox.claim(self.owner, transport.batch_size * transport.concurrency, self._lease)
+        rows = self._outbox.claim(
+            self.owner, transport.batch_size * transport.concurrency, self._lease
+        )
         if not rows:
             return False
-        batches = [rows[i : i + transport.batch_size] for i in range(0, len(rows), transport.batch_size)]
+        batches = [
+            rows[i : i + transport.batch_size] for i in range(0, len(rows), transport.batch_size)
+        ]
         results: list[tuple[Sequence[Row], list[Outcome]]] = []
 
         async def send(batch: Sequence[Row]) -> None:
@@ -136,7 +142,7 @@ class Worker:
         paused: list[int] = []
         retry: dict[tuple[float, str, str], list[int]] = {}
         for batch, outcomes in results:
-            for row, outcome in zip(batch, outcomes):
+            for row, outcome in zip(batch, outcomes, strict=False):
                 v = outcome.verdict
                 if v is Verdict.DELIVERED:
                     delivered.append(row.id)
@@ -145,7 +151,12 @@ class Worker:
                 elif v is Verdict.PAUSE:
                     paused.append(row.id)
                 else:
-                    delay = backoff(row.attempts, outcome.retry_after, base=self._base_delay, cap=self._max_delay)
+                    delay = backoff(
+                        row.attempts,
+                        outcome.retry_after,
+                        base=self._base_delay,
+                        cap=self._max_delay,
+                    )
                     if outcome.retry_after is not None:
                         self.hold_until = max(self.hold_until, time.time() + outcome.retry_after)
                     key = (round(delay, 1), outcome.code, outcome.message)

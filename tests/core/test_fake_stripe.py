@@ -1,0 +1,622 @@
+"""FakeStripe driven by the real ``stripe`` SDK over real HTTP (no mocks).
+
+Why: every other test of the metering core trusts FakeStripe to behave like Stripe, so the
+fake itself is pinned to the SDK's request encoding and error mapping here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import stripe
+from stripe_token_meter.testing import AcceptedEvent, FakeStripe
+
+EVENT = "token-billing-tokens"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    with FakeStripe() as server:
+        server.create_customer("cus_1")
+        server.create_meter(EVENT)
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeStripe) -> stripe.StripeClient:
+    return fake.client()
+
+
+def payload(customer: str = "cus_1", value: str = "10", **extra: str) -> dict[str, str]:
+    return {"stripe_customer_id": customer, "value": value, **extra}
+
+
+def v2_events(n: int, prefix: str = "e", **extra: str) -> list[Any]:
+    return [
+        {
+            "event_name": EVENT,
+            "identifier": f"{prefix}{i}",
+            "payload": payload(value="1", model="gpt", token_type="input", **extra),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        }
+        for i in range(n)
+    ]
+
+
+def stream(client: stripe.StripeClient, token: str, events: list[dict[str, Any]]) -> None:
+    params: Any = {"events": events}
+    client.v2.billing.meter_event_stream.create(params, options={"api_key": token})
+
+
+# ---------------------------------------------------------------------------- v1 events
+
+
+def test_v1_event_accepted_and_listed(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    ts = int(time.time()) - 60
+    event = client.v1.billing.meter_events.create(
+        {
+            "event_name": EVENT,
+            "identifier": "id-1",
+            "timestamp": ts,
+            "payload": payload(value="42", model="gpt-4o", token_type="output"),
+        }
+    )
+    assert event.object == "billing.meter_event"
+    assert (event.identifier, event.timestamp, event.payload["value"]) == ("id-1", ts, "42")
+    generated = client.v1.billing.meter_events.create(
+        {"event_name": EVENT, "payload": payload(value="3")}
+    )
+    assert generated.identifier
+
+    assert fake.events() == [
+        AcceptedEvent(
+            EVENT,
+            "id-1",
+            {
+                "stripe_customer_id": "cus_1",
+                "value": "42",
+                "model": "gpt-4o",
+                "token_type": "output",
+            },
+            ts,
+            "v1",
+            "cus_1",
+            42,
+        ),
+        AcceptedEvent(
+            EVENT,
+            generated.identifier,
+            payload(value="3"),
+            fake.events()[1].timestamp,
+            "v1",
+            "cus_1",
+            3,
+        ),
+    ]
+    assert fake.identifiers() == ["id-1", generated.identifier]
+    assert fake.totals() == {("cus_1", "gpt-4o", "output"): 42, ("cus_1", "", ""): 3}
+    assert fake.requests[("POST", "/v1/billing/meter_events")] == 2
+    assert fake.events(customer="cus_other") == []
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"payload": {"value": "1"}}, "meter_event_no_customer_defined"),
+        ({"payload": payload(customer="cus_nope")}, "meter_event_customer_not_found"),
+        ({"payload": payload(value="1.5")}, "meter_event_invalid_value"),
+        ({"payload": payload(value="-1")}, "meter_event_invalid_value"),
+        ({"payload": payload(value="abc")}, "meter_event_invalid_value"),
+        ({"payload": payload(value="")}, "meter_event_invalid_value"),
+        ({"payload": {"stripe_customer_id": "cus_1"}}, "meter_event_invalid_value"),
+        ({"timestamp": int(time.time()) - 36 * 86_400}, "timestamp_too_far_in_past"),
+        ({"timestamp": int(time.time()) + 600}, "timestamp_too_far_in_future"),
+        ({"bogus": "1"}, "parameter_unknown"),
+    ],
+)
+def test_v1_rules(
+    fake: FakeStripe, client: stripe.StripeClient, params: dict[str, Any], code: str
+) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.billing.meter_events.create(
+            {"event_name": EVENT, "payload": payload(), **params}  # type: ignore[typeddict-item]
+        )
+    assert info.value.code == code
+    assert info.value.http_status == 400
+    assert fake.events() == []
+
+
+def test_v1_inactive_meter_is_archived_meter(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    meter_id = fake.meters()[0]["id"]
+    client.v1.billing.meters.deactivate(meter_id)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload()})
+    assert info.value.code == "archived_meter"
+
+
+def test_v1_event_without_meter_is_accepted_but_reported(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    client.v1.billing.meter_events.create(
+        {"event_name": "nobody-meters-this", "identifier": "x1", "payload": payload()}
+    )
+    assert fake.events() == []
+    assert fake.error_reports == [
+        {
+            "identifier": "x1",
+            "code": "no_meter",
+            "message": "No active meter was found for event_name 'nobody-meters-this'.",
+            "event_name": "nobody-meters-this",
+        }
+    ]
+
+
+def test_duplicate_identifier(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    params: Any = {"event_name": EVENT, "identifier": "dup-1", "payload": payload()}
+    client.v1.billing.meter_events.create(params)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.billing.meter_events.create(params)
+    err = info.value
+    assert err.user_message == "An event already exists with identifier dup-1."
+    assert err.code is None
+    assert err.headers is not None and err.headers["Stripe-Should-Retry"] == "false"
+    assert len(fake.events()) == 1
+
+
+def test_auto_customers_and_custom_meter_keys(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    fake.create_meter("custom", customer_key="user", value_key="tokens")
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.billing.meter_events.create(
+            {"event_name": "custom", "payload": {"user": "cus_new", "tokens": "5"}}
+        )
+    assert info.value.code == "meter_event_customer_not_found"
+    fake.auto_customers = True
+    for value in ("5", "7"):
+        client.v1.billing.meter_events.create(
+            {"event_name": "custom", "payload": {"user": "cus_new", "tokens": value, "model": "m"}}
+        )
+    with pytest.raises(stripe.InvalidRequestError):  # auto_customers only covers cus_ ids
+        client.v1.billing.meter_events.create(
+            {"event_name": "custom", "payload": {"user": "acct_1", "tokens": "1"}}
+        )
+    assert fake.totals() == {("cus_new", "m", ""): 12}
+    assert client.v1.customers.retrieve("cus_new").id == "cus_new"
+
+
+def test_idempotency_key_replays_success(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    params: Any = {"event_name": EVENT, "identifier": "idem-1", "payload": payload()}
+    first = client.v1.billing.meter_events.create(params, options={"idempotency_key": "k1"})
+    again = client.v1.billing.meter_events.create(params, options={"idempotency_key": "k1"})
+    assert again.identifier == first.identifier == "idem-1"
+    assert again.last_response is not None
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+    assert len(fake.events()) == 1
+    with pytest.raises(stripe.IdempotencyError):
+        client.v1.billing.meter_events.create(
+            {"event_name": EVENT, "identifier": "other", "payload": payload()},
+            options={"idempotency_key": "k1"},
+        )
+
+
+def test_adjustment_cancel(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    for ident, value in (("a", "5"), ("b", "7")):
+        client.v1.billing.meter_events.create(
+            {"event_name": EVENT, "identifier": ident, "payload": payload(value=value)}
+        )
+    adj = client.v1.billing.meter_event_adjustments.create(
+        {"event_name": EVENT, "type": "cancel", "cancel": {"identifier": "a"}}
+    )
+    assert (adj.object, adj.status, adj.type) == (
+        "billing.meter_event_adjustment",
+        "pending",
+        "cancel",
+    )
+    assert adj.cancel is not None and adj.cancel.identifier == "a"
+    assert fake.identifiers() == ["b"]
+    assert fake.identifiers(include_cancelled=True) == ["a", "b"]
+    assert fake.totals() == {("cus_1", "", ""): 7}
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.billing.meter_event_adjustments.create(
+            {"event_name": EVENT, "type": "cancel", "cancel": {"identifier": "zzz"}}
+        )
+    assert info.value.code == "resource_missing"
+
+
+# ---------------------------------------------------------------------------- v2
+
+
+def test_v2_session_and_stream_of_100(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    session = client.v2.billing.meter_event_session.create()
+    assert session.object == "v2.billing.meter_event_session"
+    assert session.authentication_token.startswith("mest_")
+    assert session.created.endswith("Z") and session.expires_at > session.created
+
+    stream(client, session.authentication_token, v2_events(100))
+
+    events = fake.events()
+    assert len(events) == 100 and {e.api for e in events} == {"v2"}
+    assert fake.identifiers() == [f"e{i}" for i in range(100)]
+    assert fake.totals() == {("cus_1", "gpt", "input"): 100}
+    assert fake.error_reports == []
+
+
+def test_v2_stream_rejects_oversized_and_malformed(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        stream(client, token, v2_events(101))
+    assert info.value.http_status == 400 and info.value.code == "invalid_request"
+    bad = v2_events(2)
+    bad[1]["payload"] = {"stripe_customer_id": "cus_1", "value": 5}  # not a string
+    with pytest.raises(stripe.InvalidRequestError):
+        stream(client, token, bad)
+    bad = v2_events(1)
+    bad[0]["timestamp"] = "yesterday"
+    with pytest.raises(stripe.InvalidRequestError):
+        stream(client, token, bad)
+    assert fake.events() == []  # a malformed batch is rejected whole
+
+
+def test_v2_stream_reports_invalid_events_asynchronously(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    events = v2_events(4)
+    events[1]["payload"]["value"] = "1.5"
+    events[2]["payload"]["stripe_customer_id"] = "cus_unknown"
+    events[3]["identifier"] = "e0"  # duplicate within the batch
+    stream(client, token, events)
+    stream(client, token, v2_events(1))  # duplicate across batches
+    assert fake.identifiers() == ["e0"]
+    assert [(r["identifier"], r["code"]) for r in fake.error_reports] == [
+        ("e1", "meter_event_invalid_value"),
+        ("e2", "meter_event_customer_not_found"),
+        ("e0", "duplicate_meter_event"),
+        ("e0", "duplicate_meter_event"),
+    ]
+
+
+def test_v2_session_expiry_and_bad_tokens(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    fake.expire_sessions()
+    with pytest.raises(stripe.TemporarySessionExpiredError) as info:
+        stream(client, token, v2_events(1))
+    assert info.value.http_status == 401
+    assert info.value.code == "billing_meter_event_session_expired"
+    fresh = client.v2.billing.meter_event_session.create().authentication_token
+    stream(client, fresh, v2_events(1))
+    with pytest.raises(stripe.AuthenticationError):
+        stream(client, "mest_unknown", v2_events(1, prefix="u"))
+    with pytest.raises(stripe.AuthenticationError):  # the API key is not a session token
+        stream(client, "sk_test_fake", v2_events(1, prefix="k"))
+    fake.session_ttl = 0.0
+    short = client.v2.billing.meter_event_session.create().authentication_token
+    with pytest.raises(stripe.TemporarySessionExpiredError):
+        stream(client, short, v2_events(1, prefix="s"))
+    assert fake.identifiers() == ["e0"]
+
+
+def test_v2_meter_events_endpoint(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    event = client.v2.billing.meter_events.create(
+        {"event_name": EVENT, "identifier": "v2-1", "payload": payload(value="9")}
+    )
+    assert (event.object, event.identifier) == ("v2.billing.meter_event", "v2-1")
+    assert event.timestamp.endswith("Z")
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v2.billing.meter_events.create(
+            {"event_name": EVENT, "identifier": "v2-1", "payload": payload(value="9")}
+        )
+    assert info.value.code == "duplicate_meter_event"
+    assert info.value.headers is not None
+    assert info.value.headers["Stripe-Should-Retry"] == "false"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v2.billing.meter_events.create({"event_name": EVENT, "payload": payload(value="x")})
+    assert info.value.code == "meter_event_invalid_value"
+    assert fake.totals() == {("cus_1", "", ""): 9}
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def test_rate_limit_fault(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    fake.fail_next(1, status=429, retry_after=2.0, path_prefix="/v1/billing/meter_events")
+    client.v1.customers.list()  # not matching the prefix
+    with pytest.raises(stripe.RateLimitError) as info:
+        client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload()})
+    assert info.value.http_status == 429
+    assert info.value.headers is not None and info.value.headers["Retry-After"] == "2"
+
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    fake.fail_next(1, path_prefix="/v2/billing/meter_event_stream")
+    with pytest.raises(stripe.RateLimitError) as info:
+        stream(client, token, v2_events(1))
+    assert info.value.headers is not None and info.value.headers["Retry-After"] == "1"
+    stream(client, token, v2_events(1))
+    assert fake.identifiers() == ["e0"]
+
+
+def test_server_error_fault(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    fake.fail_next(2, status=500)
+    for _ in range(2):
+        with pytest.raises(stripe.APIError) as info:
+            client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload()})
+        assert info.value.http_status == 500
+    client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload()})
+    assert len(fake.events()) == 1
+
+
+def test_drop_next(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    params: Any = {"event_name": EVENT, "identifier": "d1", "payload": payload()}
+    fake.drop_next(1)
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.billing.meter_events.create(params)
+    assert fake.events() == []  # dropped before processing
+
+    fake.drop_next(1, after_processing=True)  # processed, answer lost
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.billing.meter_events.create(params)
+    with pytest.raises(stripe.InvalidRequestError, match="already exists"):
+        client.v1.billing.meter_events.create(params)
+    assert fake.identifiers() == ["d1"]
+
+
+def test_rate_limit_per_second_and_latency(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    fake.rate_limit_per_second = 2
+    with pytest.raises(stripe.RateLimitError) as info:
+        for _ in range(5):  # <= 2 per wall-clock second, so one of these must be refused
+            client.v1.customers.list()
+    assert info.value.headers is not None and info.value.headers["Retry-After"] == "1"
+    fake.rate_limit_per_second = None
+
+    fake.latency = 0.05
+    started = time.perf_counter()
+    client.v1.customers.list()
+    assert time.perf_counter() - started >= 0.05
+
+
+def test_reset_keeps_customers_and_meters(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    client.v1.billing.meter_events.create(
+        {"event_name": EVENT, "identifier": "r", "payload": payload()}
+    )
+    fake.fail_next(5)
+    fake.reset()
+    assert fake.events() == [] and fake.requests == {} and fake.error_reports == []
+    client.v1.billing.meter_events.create(
+        {"event_name": EVENT, "identifier": "r", "payload": payload()}
+    )
+    assert fake.identifiers() == ["r"]
+
+
+def test_stop_cuts_open_connections(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    client.v1.customers.list()  # open a keep-alive connection
+    fake.stop()
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.customers.list()
+
+
+# ---------------------------------------------------------------------------- auth & routing
+
+
+def test_auth(fake: FakeStripe) -> None:
+    with pytest.raises(stripe.AuthenticationError, match=r"Invalid API Key provided: sk_test_\*+"):
+        fake.valid_keys = {"sk_test_good"}
+        fake.client("sk_test_wrong_key_12345").v1.customers.list()
+    fake.client("sk_test_good").v1.customers.list()
+    fake.valid_keys = None
+    fake.client("rk_test_anything").v1.customers.list()
+    with pytest.raises(stripe.AuthenticationError, match="publishable"):
+        fake.client("pk_test_123").v1.customers.list()
+    with pytest.raises(stripe.AuthenticationError):
+        fake.client("pk_test_123").v2.billing.meter_event_session.create()
+
+
+def test_unknown_route_is_404(fake: FakeStripe) -> None:
+    request = urllib.request.Request(
+        fake.url + "/v1/nope", headers={"Authorization": "Bearer sk_test_x"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    assert info.value.code == 404
+    body = json.loads(info.value.read())
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "Unrecognized request URL" in body["error"]["message"]
+
+
+# ---------------------------------------------------------------------------- setup resources
+
+
+def test_meters_create_list_deactivate(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    meter = client.v1.billing.meters.create(
+        {
+            "display_name": "Tokens",
+            "event_name": "api-tokens",
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+    )
+    assert meter.id.startswith("mtr_") and meter.status == "active"
+    assert meter.default_aggregation.formula == "sum"
+    with pytest.raises(stripe.InvalidRequestError):  # second active meter, same event_name
+        client.v1.billing.meters.create(
+            {
+                "display_name": "x",
+                "event_name": "api-tokens",
+                "default_aggregation": {"formula": "sum"},
+            }
+        )
+    listed = client.v1.billing.meters.list()
+    assert [m.event_name for m in listed.data] == ["api-tokens", EVENT]
+    assert client.v1.billing.meters.retrieve(meter.id).display_name == "Tokens"
+
+    inactive = client.v1.billing.meters.deactivate(meter.id)
+    assert inactive.status == "inactive" and inactive.status_transitions.deactivated_at
+    active_ids = [m.id for m in client.v1.billing.meters.list({"status": "active"}).data]
+    assert meter.id not in active_ids
+    assert client.v1.billing.meters.reactivate(meter.id).status == "active"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.billing.meters.retrieve("mtr_missing")
+    assert info.value.http_status == 404 and info.value.code == "resource_missing"
+    paged = list(client.v1.billing.meters.list({"limit": 1}).auto_paging_iter())
+    assert len(paged) == 2
+
+
+def test_event_summaries(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    now = int(time.time())
+    for i, value in enumerate(("5", "7")):
+        client.v1.billing.meter_events.create(
+            {
+                "event_name": EVENT,
+                "identifier": f"s{i}",
+                "timestamp": now - 10,
+                "payload": payload(value=value),
+            }
+        )
+    meter_id = fake.meters()[0]["id"]
+    summaries = client.v1.billing.meters.event_summaries.list(
+        meter_id, {"customer": "cus_1", "start_time": now - 3600, "end_time": now + 60}
+    )
+    assert [s.aggregated_value for s in summaries.data] == [12.0]
+    assert summaries.data[0].meter == meter_id
+
+
+def test_customers_api(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    created = client.v1.customers.create({"email": "a@example.com", "metadata": {"team": "x"}})
+    assert created.id.startswith("cus_")
+    assert created.metadata is not None and created.metadata["team"] == "x"
+    assert created.id in fake.customers()
+    found = client.v1.customers.list({"email": "a@example.com"})
+    assert [c.id for c in found.data] == [created.id]
+    assert client.v1.customers.retrieve(created.id).email == "a@example.com"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.customers.retrieve("cus_missing")
+    assert info.value.code == "resource_missing" and info.value.http_status == 404
+    client.v1.billing.meter_events.create(
+        {"event_name": EVENT, "payload": payload(customer=created.id)}
+    )
+
+
+def test_products_and_metered_tiered_prices(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    meter_id = fake.meters()[0]["id"]
+    product = client.v1.products.create({"name": "LLM tokens"})
+    price = client.v1.prices.create(
+        {
+            "currency": "usd",
+            "product": product.id,
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "tiers": [
+                {"up_to": 1_000_000, "unit_amount_decimal": Decimal("0.0003")},
+                {"up_to": "inf", "unit_amount_decimal": Decimal("0.0002")},
+            ],
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+            "lookup_key": "tokens-input",
+        }
+    )
+    assert price.recurring is not None and price.recurring.meter == meter_id
+    assert price.billing_scheme == "tiered" and price.lookup_key == "tokens-input"
+    flat = client.v1.prices.create(
+        {
+            "currency": "usd",
+            "product": product.id,
+            "unit_amount_decimal": Decimal("0.0001"),
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+            "lookup_key": "tokens-output",
+        }
+    )
+    found = client.v1.prices.list({"lookup_keys": ["tokens-input"]})
+    assert [p.id for p in found.data] == [price.id]
+    assert {p.id for p in client.v1.prices.list().data} == {price.id, flat.id}
+    assert [p.id for p in client.v1.products.list().data] == [product.id]
+    with pytest.raises(stripe.InvalidRequestError):  # lookup key taken
+        client.v1.prices.create(
+            {
+                "currency": "usd",
+                "product": product.id,
+                "unit_amount": 1,
+                "lookup_key": "tokens-input",
+            }
+        )
+
+
+# ---------------------------------------------------------------------------- async + CLI
+
+
+def test_async_client(fake: FakeStripe) -> None:
+    client = fake.client(async_http=True)
+
+    async def run() -> None:
+        await client.v1.billing.meter_events.create_async(
+            {"event_name": EVENT, "identifier": "a-v1", "payload": payload(value="2")}
+        )
+        session = await client.v2.billing.meter_event_session.create_async()
+        await client.v2.billing.meter_event_stream.create_async(
+            {"events": v2_events(100)}, options={"api_key": session.authentication_token}
+        )
+        fake.expire_sessions()
+        with pytest.raises(stripe.TemporarySessionExpiredError):
+            await client.v2.billing.meter_event_stream.create_async(
+                {"events": v2_events(1, prefix="late")},
+                options={"api_key": session.authentication_token},
+            )
+        fake.fail_next(1)
+        with pytest.raises(stripe.RateLimitError):
+            await client.v1.customers.list_async()
+
+    asyncio.run(run())
+    client.v1.customers.list()  # allow_sync_methods=True: sync calls work too
+    assert len(fake.events()) == 101
+    assert fake.totals() == {("cus_1", "", ""): 2, ("cus_1", "gpt", "input"): 100}
+
+
+def test_standalone_main() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stripe_token_meter.testing",
+            "--meter",
+            EVENT,
+            "--customer",
+            "cus_cli",
+            "--auto-customers",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        base: Any = {}
+        for line in proc.stdout:
+            if line.startswith("base_addresses="):
+                base = json.loads(line.partition("=")[2])
+                break
+        client = stripe.StripeClient(
+            "sk_test_cli", base_addresses=base, http_client=stripe.RequestsClient()
+        )
+        for customer in ("cus_cli", "cus_auto"):
+            client.v1.billing.meter_events.create(
+                {"event_name": EVENT, "payload": payload(customer)}
+            )
+        with pytest.raises(stripe.InvalidRequestError):
+            client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload("x")})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "2 events accepted" in err
