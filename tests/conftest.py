@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.pop("STRIPE_API_KEY", None)
 
-from stripe_token_meter import TokenMeter  # noqa: E402
-from stripe_token_meter.transport import make_client  # noqa: E402
+from stripe_token_meter import TokenMeter
+from stripe_token_meter.transport import make_client
 
 EVENT_NAME = "token-billing-tokens"
 

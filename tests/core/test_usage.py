@@ -63,7 +63,7 @@ def test_from_anthropic_is_exclusive() -> None:
 
 
 def test_openai_shape_rejects_exclusive_numbers() -> None:
-    with pytest.raises(InvalidTokenCount, match="use Usage.from_anthropic") as e:
+    with pytest.raises(InvalidTokenCount, match=r"use Usage\.from_anthropic") as e:
         Usage.from_openai(model="m", prompt_tokens=10, cached_tokens=20)
     assert e.value.field == "cached_tokens"
     with pytest.raises(InvalidTokenCount, match="reasoning_tokens"):

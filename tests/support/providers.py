@@ -144,7 +144,10 @@ class OpenAIServer(_Server):
                         for i in range(n)
                     ],
                     "model": self.model,
-                    "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
+                    "usage": {
+                        "prompt_tokens": self.prompt_tokens,
+                        "total_tokens": self.prompt_tokens,
+                    },
                 },
             )
             return
@@ -156,7 +159,9 @@ class OpenAIServer(_Server):
                     "object": "text_completion",
                     "created": created,
                     "model": self.model,
-                    "choices": [{"text": self.text, "index": 0, "logprobs": None, "finish_reason": "stop"}],
+                    "choices": [
+                        {"text": self.text, "index": 0, "logprobs": None, "finish_reason": "stop"}
+                    ],
                     "usage": self.usage(),
                 },
             )
@@ -185,14 +190,18 @@ class OpenAIServer(_Server):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunks() -> Iterator[str]:
-            def chunk(delta: dict[str, Any], finish: str | None, usage: Any = None, choices: bool = True) -> str:
+            def chunk(
+                delta: dict[str, Any], finish: str | None, usage: Any = None, choices: bool = True
+            ) -> str:
                 obj: dict[str, Any] = {
                     "id": cid,
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": self.model,
                     "system_fingerprint": "fp_test",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    ]
                     if choices
                     else [],
                 }
@@ -286,12 +295,20 @@ class AnthropicServer(_Server):
             )
             yield ev(
                 "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
             )
             for word in self.text.split(" "):
                 yield ev(
                     "content_block_delta",
-                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}},
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": word + " "},
+                    },
                 )
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
             yield ev(

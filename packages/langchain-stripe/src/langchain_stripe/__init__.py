@@ -1,1 +1,17 @@
-"""placeholder"""
+"""langchain-stripe: bill every LangChain LLM call's tokens to Stripe, once per LLM run.
+
+    from stripe_token_meter import TokenMeter
+    import langchain_stripe
+
+    meter = TokenMeter()                       # STRIPE_API_KEY, or the local ledger
+    langchain_stripe.enable(meter)             # every chain, agent and graph from now on
+    model.invoke("hi", config={"metadata": {"stripe_customer_id": "cus_123"}})
+
+Or per call: `config={"callbacks": [StripeCallbackHandler(meter)]}`.
+"""
+
+from ._global import disable, enable, enabled_handler
+from .handler import CustomerResolver, StripeCallbackHandler
+
+__all__ = ["CustomerResolver", "StripeCallbackHandler", "disable", "enable", "enabled_handler"]
+__version__ = "0.1.0"

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"meter {meter['id']} event_name={meter['event_name']}", flush=True)
         for customer in args.customer:
             print(f"customer {customer}", flush=True)
-        while not stop.wait(0.5):
+        while not stop.wait(0.1):
             pass
     finally:
         fake.stop()

@@ -39,7 +39,6 @@ import base64
 import contextlib
 import itertools
 import socket
-import socketserver
 import threading
 import time
 import uuid
@@ -47,12 +46,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from json import JSONDecodeError, loads
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import unquote
 
+from stripe_token_meter.testing._server import Server
 from stripe_token_meter.testing._wire import (
     ApiError,
     ApiVersion,
@@ -87,7 +85,7 @@ PAST_LIMIT_SECONDS = 35 * DAY
 FUTURE_LIMIT_SECONDS = 300
 DEDUP_WINDOW_SECONDS = DAY
 MAX_STREAM_EVENTS = 100
-IDEMPOTENCY_CACHE_SIZE = 100_000
+IDEMPOTENCY_CACHE_SIZE = 50_000  # bounded: the SDK sends a fresh key on every POST
 _MAX_VALUE_DIGITS = 18  # keeps values inside int64 like Stripe
 _FORMULAS = ("sum", "count", "last")
 _V1_EVENT_PARAMS = frozenset({"event_name", "payload", "identifier", "timestamp", "expand"})
@@ -241,7 +239,7 @@ class FakeStripe:
         """Replay the stored 2xx answer when a POST repeats an ``Idempotency-Key``."""
 
         self._lock = threading.Lock()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._request_ids = itertools.count(1)
 
@@ -271,12 +269,12 @@ class FakeStripe:
         """Bind and serve in a daemon thread; returns self so ``FakeStripe().start()`` chains."""
         if self._server is not None:
             return self
-        server = _Server((self.host, self.port), self)
+        server = Server((self.host, self.port), self)
         self._server = server
         self.port = server.server_port
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.5},
             name=f"FakeStripe:{self.port}",
             daemon=True,
         )
@@ -290,7 +288,15 @@ class FakeStripe:
             return
         self._server = None
         self._thread = None
-        server.shutdown()
+        # shutdown() waits for serve_forever's select() to time out; a throwaway
+        # connection wakes it at once so stop() (and test teardown) is fast.
+        # Poke until shutdown() returns: a poke that lands before the flag is set is harmless.
+        waker = threading.Thread(target=server.shutdown, daemon=True)
+        waker.start()
+        while waker.is_alive():
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1):
+                pass
+            waker.join(0.01)
         server.server_close()
         server.close_all_connections()
         if thread is not None:
@@ -1452,115 +1458,3 @@ def _resolve(method: str, path: str) -> tuple[_Route, tuple[str, ...]] | None:
             if ident and "/" not in ident:
                 return route, (unquote(ident),)
     return None
-
-
-# ---------------------------------------------------------------------- HTTP layer
-
-_PHRASES = {s.value: s.phrase for s in HTTPStatus}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 keep-alive handler; one ``write`` per response, no logging."""
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: per-request logging would dominate benchmark time."""
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.connection, False)
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def _handle(self, method: str) -> None:
-        fake = self.server.fake
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            self._write(*invalid("Invalid Content-Length header.").render("v1"), fake)
-            return
-        body = self.rfile.read(length) if length else b""
-        latency = fake.latency
-        if latency > 0:
-            time.sleep(latency)
-        response: Response | None
-        try:
-            response = fake._serve(method, self.path, self.headers, body)
-        except Exception as exc:
-            fake._record_internal_error(exc)
-            response = server_error(500).render("v2" if self.path.startswith("/v2/") else "v1")
-        if response is None:
-            self.close_connection = True
-            return
-        self._write(*response, fake)
-
-    def _write(
-        self, status: int, body: bytes, extra: list[tuple[str, str]], fake: FakeStripe
-    ) -> None:
-        lines = [
-            f"HTTP/1.1 {status} {_PHRASES.get(status, 'Unknown')}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            f"Request-Id: req_fake{next(fake._request_ids):012d}",
-        ]
-        lines.extend(f"{k}: {v}" for k, v in extra)
-        if self.close_connection:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        try:
-            self.wfile.write(head + body)
-        except OSError:
-            self.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    """Threaded server that remembers its connections so ``stop()`` can cut them."""
-
-    daemon_threads = True
-    request_queue_size = 512
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], fake: FakeStripe) -> None:
-        self.fake = fake
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        """Skip HTTPServer's reverse-DNS ``getfqdn`` lookup, which can stall start-up."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def track(self, conn: socket.socket, add: bool) -> None:
-        with self._conns_lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
-
-    def close_all_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
