@@ -226,3 +226,20 @@ def test_publishable_or_unknown_keys_are_refused(key: str) -> None:
     with pytest.raises(ConfigurationError, match="rk_") as e:
         TokenMeter(api_key=key, outbox_path=":memory:")
     assert key not in str(e.value)
+
+
+def test_durable_sync_stores_before_record_returns(make_meter: MeterFactory, fake_stripe: Any) -> None:
+    meter = make_meter(durable="sync")
+    meter.record(_usage(1))
+    stored = meter._outbox.query("SELECT identifier FROM events ORDER BY identifier")
+    assert stored == [("req-1:input",), ("req-1:output",)]
+    assert meter.flush(10)
+    _assert_once(fake_stripe, 2)
+
+
+def test_queue_bound_spills_to_outbox_never_drops(make_meter: MeterFactory, fake_stripe: Any) -> None:
+    meter = make_meter(max_queue=0)
+    for i in range(20):
+        meter.record(_usage(i))
+    assert meter.flush(10)
+    _assert_once(fake_stripe, 40)

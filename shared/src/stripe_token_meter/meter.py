@@ -75,6 +75,7 @@ class TokenMeter:
         stripe_client: stripe.StripeClient | None = None,
         api_base: str | None = None,
         strict: bool = False,
+        durable: Literal["async", "sync"] = "async",
         normalize_models: bool | ModelNormalizer = True,
         customer_payload_key: str = "stripe_customer_id",
         value_payload_key: str = "value",
@@ -102,6 +103,9 @@ class TokenMeter:
         self.api = api
         self.token_types: TokenTypes = token_types
         self.strict = strict
+        if durable not in ("async", "sync"):
+            raise ConfigurationError(f"durable: must be 'async' or 'sync', got {durable!r}")
+        self._write_sync = durable == "sync"
         self.default_customer_id = (
             check_customer("default_customer_id", default_customer_id)
             if default_customer_id
@@ -204,11 +208,11 @@ class TokenMeter:
             item: _Item = (usage, counts, fields, _scope.get(), fallback_customer_id, time.time())
             if self.strict:
                 item = (self._prepare(item),)
-            if self.closed or self._queue.qsize() >= self._max_queue:
+            if self._write_sync or self.closed or self._queue.qsize() >= self._max_queue:
                 self._write_through(item)
-                return
-            self._queue.put(item)
-            if self._worker is None:
+            else:
+                self._queue.put(item)
+            if self._worker is None and not self.closed:
                 self._start_worker()
         except Exception:
             if self.strict:
@@ -324,9 +328,11 @@ class TokenMeter:
         return n
 
     def _write_through(self, item: _Item) -> None:
-        """After close() or past the queue bound: straight to the outbox on this thread."""
+        """`durable="sync"`, after close() or past the queue bound: straight to the outbox."""
         self._store(self._events_or_reject(item))
         self._count("recorded")
+        if self._worker is not None:
+            self._worker.wake.set()
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._state_lock:

@@ -80,19 +80,22 @@ class Worker:
 
     async def _main(self) -> None:
         transport = self._make_transport() if self._make_transport else None
-        if transport is not None:
-            self._outbox.reclaim_from_dead_processes(self.host)
         try:
+            if transport is not None:
+                self._outbox.reclaim_from_dead_processes(self.host)
             while True:
-                moved = self._meter._drain_queue()
+                try:
+                    moved, sent = await self._turn(transport)
+                except Exception as exc:  # e.g. disk full, database locked: keep going
+                    log.exception("stripe-token-meter: delivery turn failed; retrying in 1 s")
+                    self._meter._note_error("worker_error", repr(exc))
+                    moved, sent = 0, False
+                    await anyio.sleep(1.0)
                 stopping = self.stop_requested.is_set()
-                sent = False
-                if transport is not None and time.monotonic() < self.deadline:
-                    sent = await self._deliver(transport)
                 if stopping and not moved and not sent:
-                    if transport is None or self._outbox.pending_count() == 0:
+                    if transport is None or time.monotonic() >= self.deadline:
                         break
-                    if time.monotonic() >= self.deadline:
+                    if self._outbox.pending_count() == 0:
                         break
                 if not moved and not sent:
                     await self._idle(stopping)
@@ -100,6 +103,14 @@ class Worker:
             if transport is not None:
                 with anyio.CancelScope(shield=True):
                     await transport.aclose()
+
+    async def _turn(self, transport: Transport | None) -> tuple[int, bool]:
+        """One turn: store what was queued, then send one round of due rows."""
+        moved = self._meter._drain_queue()
+        sent = False
+        if transport is not None and time.monotonic() < self.deadline:
+            sent = await self._deliver(transport)
+        return moved, sent
 
     async def _idle(self, stopping: bool) -> None:
         end = time.monotonic() + (0.05 if stopping else 0.25)

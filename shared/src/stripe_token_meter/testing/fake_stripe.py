@@ -30,7 +30,10 @@ An event whose ``event_name`` has no meter at all is accepted (HTTP 200) but not
 and reported in ``error_reports`` with code ``no_meter`` (Stripe fires a webhook instead).
 The v2 stream answers ``{}`` and reports bad events in ``error_reports`` (Stripe does this
 asynchronously via webhooks), duplicates with code ``duplicate_meter_event``.
-POSTs honour ``Idempotency-Key`` like Stripe: a 2xx answer is replayed for a retried key.
+POSTs honour ``Idempotency-Key`` like Stripe: a 2xx answer is replayed for a retried key
+(last 50,000 keys). For ``count`` meters the value key is optional and each event counts 1.
+Shape errors in a v2 request (non-string payload values, bad RFC 3339 timestamps, unknown
+fields, more than 100 events) reject the whole request with a 400, as Stripe's schema does.
 """
 
 from __future__ import annotations
@@ -266,7 +269,11 @@ class FakeStripe:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeStripe:
-        """Bind and serve in a daemon thread; returns self so ``FakeStripe().start()`` chains."""
+        """Bind and serve in a daemon thread; returns self so ``FakeStripe().start()`` chains.
+
+        After ``stop()`` it can be started again on the same port with all state kept,
+        which simulates Stripe going away and coming back.
+        """
         if self._server is not None:
             return self
         server = Server((self.host, self.port), self)
@@ -556,7 +563,8 @@ class FakeStripe:
                                 f"than '{idem_key}' if you meant to execute a different request.",
                             )
                         status, payload, extra = cached[2]
-                        return status, payload, [*extra, ("Idempotent-Replayed", "true")]
+                        replay = [*extra, ("Idempotent-Replayed", "true")]
+                        return None if drop else (status, payload, replay)
                 status, obj = route.handler(self, _Request(args, params, now, route.api))
                 response: Response = (status, obj if isinstance(obj, bytes) else dumps(obj), [])
                 if idem_key and self.honor_idempotency_keys and 200 <= status < 300:
