@@ -1,0 +1,149 @@
+"""Read token usage and the model name out of a LangChain `LLMResult`.
+
+Two sources, never both: `AIMessage.usage_metadata` (chat models; LangChain's counts
+are inclusive for every provider) and, only when no generation carries it, the legacy
+`llm_output["token_usage"]` / `llm_output["usage"]` of plain LLMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from langchain_core.outputs import LLMResult
+
+Counts = Literal["openai", "anthropic"]
+Found = tuple[Counts, dict[str, Any]]
+
+CACHE_HIT: Final = "cache_hit"
+"""Returned instead of usage for a LangChain cache hit: no provider call, nothing to bill."""
+
+
+def _num(value: object) -> Any:
+    """A count as reported, `None` as 0 (the core validates type and range)."""
+    return 0 if value is None else value
+
+
+def _from_usage_metadata(um: Mapping[str, Any]) -> dict[str, Any]:
+    inp = um.get("input_token_details") or {}
+    out = um.get("output_token_details") or {}
+    return {
+        "prompt_tokens": _num(um.get("input_tokens")),
+        "completion_tokens": _num(um.get("output_tokens")),
+        "cached_tokens": _num(inp.get("cache_read")),
+        "cache_write_tokens": _num(inp.get("cache_creation")),
+        "reasoning_tokens": _num(out.get("reasoning")),
+    }
+
+
+def _add(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    if total is None:
+        return part
+    return {k: total[k] + part[k] for k in total}
+
+
+def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
+    """Summed `usage_metadata` of the result's generations, `CACHE_HIT`, or None if absent.
+
+    Within one prompt's candidates (`n > 1`) ChatOpenAI copies the request's usage onto
+    every candidate, so identical usages there are counted once, different ones summed.
+    """
+    total: dict[str, Any] | None = None
+    for candidates in result.generations:
+        usages: list[Mapping[str, Any]] = []
+        for gen in candidates:
+            um = getattr(getattr(gen, "message", None), "usage_metadata", None)
+            if um:
+                if "total_cost" in um and um["total_cost"] == 0:
+                    return CACHE_HIT  # LangChain marks replayed cache entries this way
+                usages.append(um)
+        if usages and all(u == usages[0] for u in usages[1:]):
+            usages = usages[:1]
+        for um in usages:
+            total = _add(total, _from_usage_metadata(um))
+    return total
+
+
+def _mapping_usage(usage: object) -> Found | None:
+    """OpenAI-style (`prompt_tokens`) or Anthropic-style (`input_tokens`) raw usage."""
+    if not isinstance(usage, Mapping) or not usage:
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return "openai", {
+            "prompt_tokens": _num(usage.get("prompt_tokens")),
+            "completion_tokens": _num(usage.get("completion_tokens")),
+            "cached_tokens": _num(prompt_details.get("cached_tokens")),
+            "cache_write_tokens": 0,
+            "reasoning_tokens": _num(completion_details.get("reasoning_tokens")),
+        }
+    if "input_tokens" in usage or "output_tokens" in usage:
+        return "anthropic", {
+            "input_tokens": _num(usage.get("input_tokens")),
+            "output_tokens": _num(usage.get("output_tokens")),
+            "cache_read_input_tokens": _num(usage.get("cache_read_input_tokens")),
+            "cache_creation_input_tokens": _num(usage.get("cache_creation_input_tokens")),
+        }
+    return None
+
+
+def extract_usage(result: LLMResult, *, legacy: bool = True) -> Found | str | None:
+    """`(counts, fields)` for `meter.record`, `CACHE_HIT`, or None when nothing was reported.
+
+    `legacy=False` ignores `llm_output` (see `later_batch_member`).
+    """
+    message = _message_usage(result)
+    if isinstance(message, str):
+        return message
+    if message is not None:
+        return "openai", message
+    out = result.llm_output
+    if not legacy or not isinstance(out, Mapping):
+        return None
+    return _mapping_usage(out.get("token_usage")) or _mapping_usage(out.get("usage"))
+
+
+def later_batch_member(result: LLMResult) -> bool:
+    """True for the 2nd..nth run of a plain-LLM batch, whose usage the first run carries.
+
+    `LLMResult.flatten()` keeps the batch's `llm_output["token_usage"]` on the first run
+    and sets it to `{}` on the others, but copies any other key (`usage`) unchanged.
+    """
+    out = result.llm_output
+    return isinstance(out, Mapping) and out.get("token_usage") == {}
+
+
+def extract_error_usage(result: object) -> Found | None:
+    """Usage a provider reported for a failed call: a partial stream's, or the error body's."""
+    if not isinstance(result, LLMResult):
+        return None
+    found = extract_usage(result)
+    if found is not None and not isinstance(found, str):
+        return found
+    for candidates in result.generations:
+        for gen in candidates:
+            meta = getattr(getattr(gen, "message", None), "response_metadata", None) or {}
+            body = meta.get("body")
+            if isinstance(body, Mapping):
+                usage = _mapping_usage(body.get("usage"))
+                if usage is not None:
+                    return usage
+    return None
+
+
+def response_model(result: LLMResult) -> str | None:
+    """The model the provider says answered: message `response_metadata`, else `llm_output`."""
+    for candidates in result.generations:
+        for gen in candidates:
+            meta = getattr(getattr(gen, "message", None), "response_metadata", None)
+            if meta:
+                name = meta.get("model_name") or meta.get("model")
+                if isinstance(name, str) and name:
+                    return name
+    out = result.llm_output
+    if isinstance(out, Mapping):
+        name = out.get("model_name") or out.get("model")
+        if isinstance(name, str) and name:
+            return name
+    return None

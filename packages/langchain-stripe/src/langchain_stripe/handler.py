@@ -1,0 +1,216 @@
+"""`StripeCallbackHandler`: one `meter.record()` per LangChain LLM run, keyed by its run_id.
+
+Start handlers note who pays and which model was asked for; end handlers read the usage
+and hand one record to the meter. Both are a few dictionary look-ups: validation, model
+normalisation and delivery happen on the meter's worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from typing import Any, Final
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+from stripe_token_meter import InvalidUsage, TokenMeter, current_customer
+from stripe_token_meter.usage import check_customer, check_dimensions
+
+from ._usage import (
+    CACHE_HIT,
+    Found,
+    extract_error_usage,
+    extract_usage,
+    later_batch_member,
+    response_model,
+)
+
+CustomerResolver = Callable[[Mapping[str, Any]], "str | None"]
+"""Maps a run's LangChain metadata (e.g. your own `user_id`) to a Stripe customer id."""
+
+CUSTOMER_KEY: Final = "stripe_customer_id"
+DIMENSIONS_KEY: Final = "stripe_dimensions"
+SOURCE: Final = "langchain-stripe"
+MISSING_USAGE_FIX: Final = (
+    "pass stream_usage=True to ChatOpenAI (or model_kwargs stream_options include_usage)"
+)
+MAX_OPEN_RUNS: Final = 100_000
+"""Bound on started-but-unfinished runs kept, should a framework never send their end."""
+
+# (customer_id, model, provider, dimensions, batch_size), noted at the LLM run's start.
+_Run = tuple["str | None", "str | None", "str | None", Any, int]
+
+
+class StripeCallbackHandler(BaseCallbackHandler):
+    """Bills each LLM run's tokens to a Stripe customer through `meter`.
+
+    Customer, most specific first: `config["metadata"]["stripe_customer_id"]`, then
+    `customer_resolver(metadata)`, then a `meter.customer()` scope active when the LLM
+    run started, then this handler's `customer_id`, then the meter's default.
+    Extra dimensions: `dimensions` merged with `config["metadata"]["stripe_dimensions"]`.
+    """
+
+    run_inline = True
+    """Async runs call this sync handler on the event loop instead of an executor hop.
+
+    It also keeps `on_llm_start` arriving when another inline handler (LangSmith's
+    tracer, LangGraph's stream handlers) is attached: langchain-core's async
+    `on_llm_start` then skips every non-inline handler.
+    """
+
+    def __init__(
+        self,
+        meter: TokenMeter,
+        customer_id: str | None = None,
+        dimensions: Mapping[str, str] | None = None,
+        customer_resolver: CustomerResolver | None = None,
+    ) -> None:
+        super().__init__()
+        self.meter = meter
+        self.customer_id = check_customer("customer_id", customer_id) if customer_id else None
+        self.dimensions: dict[str, str] = check_dimensions(dimensions)
+        self.customer_resolver = customer_resolver
+        # LangChain re-raises handler errors only for raise_error handlers: that is the
+        # meter's strict mode, where invalid usage must reach the caller.
+        self.raise_error = meter.strict
+        self._runs: dict[UUID, _Run] = {}
+
+    # Chains, tools, agents and retrievers never carry tokens: skip their events entirely.
+    @property
+    def ignore_chain(self) -> bool:
+        return True
+
+    @property
+    def ignore_agent(self) -> bool:
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_retry(self) -> bool:
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return True
+
+    @property
+    def open_runs(self) -> int:
+        """LLM runs started and not yet ended (0 when idle)."""
+        return len(self._runs)
+
+    # -- start: note the run --------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(run_id, metadata, kwargs)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(run_id, metadata, kwargs)
+
+    def _start(
+        self, run_id: UUID, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+    ) -> None:
+        try:
+            meta = metadata or {}
+            customer = meta.get(CUSTOMER_KEY)
+            resolver = self.customer_resolver
+            if not customer and resolver is not None:
+                customer = self._resolve(resolver, meta)
+            if not customer:
+                # The scope as seen by this run, not by whatever thread ends it.
+                customer = current_customer()
+            dims: Any = self.dimensions
+            extra = meta.get(DIMENSIONS_KEY)
+            if extra:
+                # Not a mapping: passed on as is, so the core dead-letters it with the reason.
+                dims = {**dims, **extra} if isinstance(extra, Mapping) else extra
+            params = kwargs.get("invocation_params") or {}
+            model = meta.get("ls_model_name") or params.get("model") or params.get("model_name")
+            provider = meta.get("ls_provider") or params.get("_type")
+            runs = self._runs
+            if len(runs) >= MAX_OPEN_RUNS:
+                with suppress(KeyError, RuntimeError, StopIteration):
+                    del runs[next(iter(runs))]  # the oldest
+            runs[run_id] = (customer, model, provider, dims, kwargs.get("batch_size") or 1)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _resolve(self, resolver: CustomerResolver, meta: Mapping[str, Any]) -> Any:
+        """The app's resolver; if it fails the run still bills (scope, handler, default)."""
+        try:
+            return resolver(meta)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+
+    # -- end: one record per run -----------------------------------------------------------
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.pop(run_id, None)
+        try:
+            # A plain-LLM batch reports one usage for all its prompts, on its first run.
+            later = run is not None and run[4] > 1 and later_batch_member(response)
+            found = extract_usage(response, legacy=not later)
+            if found == CACHE_HIT:
+                return  # replayed from LangChain's cache: the provider was not called
+            if found is None or isinstance(found, str):
+                if not later:
+                    model = response_model(response) or (run[1] if run else None)
+                    self.meter.report_missing_usage(f"LangChain {model}", MISSING_USAGE_FIX)
+                return
+            self._record(found, response, run_id, run)
+        except Exception as exc:
+            self._failed(exc)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.pop(run_id, None)
+        try:
+            # Failed calls are billed only for usage the provider did report (a partial
+            # stream's, or one in the error's body): never estimated.
+            found = extract_error_usage(kwargs.get("response"))
+            if found is not None:
+                self._record(found, kwargs["response"], run_id, run)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _record(self, found: Found, response: LLMResult, run_id: UUID, run: _Run | None) -> None:
+        counts, fields = found
+        customer, model, provider, dims = (
+            run[:4] if run is not None else (None, None, None, self.dimensions)
+        )
+        if dims:
+            fields["dimensions"] = dims
+        self.meter.record(
+            counts=counts,
+            model=response_model(response) or model,
+            provider=provider,
+            customer_id=customer,
+            request_id=str(run_id),
+            fallback_customer_id=self.customer_id,
+            **fields,
+        )
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, InvalidUsage) and self.meter.strict:
+            raise exc
+        self.meter.report_adapter_error(SOURCE, exc)
