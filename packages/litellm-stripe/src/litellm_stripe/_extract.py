@@ -1,0 +1,257 @@
+"""Reading LiteLLM's callback arguments: usage, model, provider, identity, request id.
+
+Only reads; builds plain values for `TokenMeter.record()`. All validation is the core's.
+
+LiteLLM hands callbacks OpenAI-shaped, *inclusive* usage for every provider: in litellm
+1.110 the Anthropic transformation (`llms/anthropic/chat/transformation.py`,
+`AnthropicConfig.calculate_usage`) adds `cache_creation_input_tokens` and
+`cache_read_input_tokens` into `prompt_tokens` and sets
+`prompt_tokens_details.cached_tokens` to the cache reads, so the counts are recorded with
+`counts="openai"` and the cache writes passed as `cache_write_tokens`. A raw Anthropic
+usage block (exclusive `input_tokens`) is recognised by its shape and recorded with
+`counts="anthropic"`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from ._identity import CallIdentity
+
+# Call types whose usage is the call's own consumption. Reads of stored objects
+# (get_responses, file_content, batches...) report the usage of the call that created
+# the object and must never be billed again.
+BILLABLE_CALL_TYPES: Final = frozenset(
+    {
+        "completion",
+        "acompletion",
+        "text_completion",
+        "atext_completion",
+        "embedding",
+        "aembedding",
+        "responses",
+        "aresponses",
+        "anthropic_messages",
+        "aanthropic_messages",
+        "generate_content",
+        "agenerate_content",
+        "generate_content_stream",
+        "agenerate_content_stream",
+        "pass_through_endpoint",
+    }
+)
+INPUT_ONLY_CALL_TYPES: Final = frozenset({"embedding", "aembedding"})
+
+
+def field(obj: Any, name: str) -> Any:
+    """`obj[name]` for mappings, `obj.name` otherwise; None when absent."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # exotic objects whose properties raise
+        return None
+
+
+def _first(*values: Any) -> Any:
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _first_str(*values: Any) -> str | None:
+    """The first non-empty string among `values`."""
+    for v in values:
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def call_metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's metadata: `litellm_params.metadata` over `litellm_params.litellm_metadata`.
+
+    The proxy writes its `user_api_key_*` fields to one of the two (per route); the SDK's
+    `metadata=` argument lands in `metadata`.
+    """
+    params = _mapping(kwargs.get("litellm_params"))
+    merged: dict[str, Any] = dict(_mapping(params.get("litellm_metadata")))
+    merged.update(_mapping(params.get("metadata")))
+    return merged
+
+
+def standard_payload(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(kwargs.get("standard_logging_object"))
+
+
+def call_id(kwargs: Mapping[str, Any]) -> str | None:
+    """LiteLLM's per-call uuid (`litellm_call_id`), the same in pre-call and success hooks."""
+    cid = kwargs.get("litellm_call_id")
+    if cid is None:
+        cid = _mapping(kwargs.get("litellm_params")).get("litellm_call_id")
+    return str(cid) if cid else None
+
+
+def request_id(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
+    """`standard_logging_object["id"]`: LiteLLM's request id (its spend logs use it too).
+
+    It is the provider's response id when there is one, else the `litellm_call_id`; every
+    firing of one call's success callbacks carries the same value.
+    """
+    rid = slo.get("id")
+    if isinstance(rid, str) and rid and rid != "None":
+        return rid
+    return call_id(kwargs)
+
+
+def is_cache_hit(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> bool:
+    return slo.get("cache_hit") is True or kwargs.get("cache_hit") is True
+
+
+def call_type(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
+    for raw in (slo.get("call_type"), kwargs.get("call_type")):
+        value = getattr(raw, "value", raw)  # CallTypes enum members carry the name in .value
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def identity(
+    kwargs: Mapping[str, Any], slo: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> CallIdentity:
+    slo_meta = _mapping(slo.get("metadata"))
+
+    def key_field(name: str) -> str | None:
+        return _first_str(slo_meta.get(name), metadata.get(name))
+
+    return CallIdentity(
+        user=_first_str(kwargs.get("user"), _mapping(kwargs.get("optional_params")).get("user")),
+        end_user=_first_str(slo.get("end_user"), key_field("user_api_key_end_user_id")),
+        user_api_key_user_id=key_field("user_api_key_user_id"),
+        user_api_key_team_id=key_field("user_api_key_team_id"),
+        user_api_key_alias=key_field("user_api_key_alias"),
+        metadata=metadata,
+        key_metadata=_mapping(metadata.get("user_api_key_metadata")),
+        team_metadata=_mapping(metadata.get("user_api_key_team_metadata")),
+        call_id=call_id(kwargs),
+    )
+
+
+def provider(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
+    """`custom_llm_provider` as LiteLLM resolved it, else the prefix of the requested model."""
+    params = _mapping(kwargs.get("litellm_params"))
+    prov = _first_str(
+        slo.get("custom_llm_provider"),
+        kwargs.get("custom_llm_provider"),
+        params.get("custom_llm_provider"),
+    )
+    if prov is None:
+        for name in (slo.get("model"), kwargs.get("model")):
+            if isinstance(name, str) and "/" in name:
+                return name.partition("/")[0]
+    return prov
+
+
+def model(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
+    """The model the provider says served the call (`gpt-4o-2024-08-06`), else the one asked for.
+
+    Passed raw: the core's normaliser strips date suffixes and never doubles a provider
+    prefix (a Router or proxy model such as `openai/gpt-4o`).
+    """
+    return _first_str(
+        field(response_obj, "model"),
+        field(kwargs.get("complete_streaming_response"), "model"),
+        slo.get("model"),
+        kwargs.get("model"),
+    )
+
+
+def _usage_object(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> Any:
+    for candidate in (
+        response_obj,
+        kwargs.get("complete_streaming_response"),
+        kwargs.get("async_complete_streaming_response"),
+    ):
+        usage = field(candidate, "usage")
+        if usage is not None:
+            return usage
+    usage = _mapping(slo.get("metadata")).get("usage_object")
+    if usage:
+        return usage
+    if slo.get("prompt_tokens") is not None or slo.get("completion_tokens") is not None:
+        return {
+            "prompt_tokens": slo.get("prompt_tokens"),
+            "completion_tokens": slo.get("completion_tokens"),
+        }
+    return None
+
+
+def usage_fields(
+    response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any], input_only: bool
+) -> tuple[Literal["openai", "anthropic"], dict[str, Any]] | None:
+    """`(counts, fields)` for `TokenMeter.record()`, or None when LiteLLM reported no usage."""
+    usage = _usage_object(response_obj, kwargs, slo)
+    if usage is None:
+        return None
+    prompt = field(usage, "prompt_tokens")
+    completion = field(usage, "completion_tokens")
+    if prompt is None and completion is None:
+        prompt = field(usage, "input_tokens")
+        completion = field(usage, "output_tokens")
+        if prompt is None and completion is None:
+            return None
+        read = field(usage, "cache_read_input_tokens")
+        written = field(usage, "cache_creation_input_tokens")
+        if field(usage, "input_tokens_details") is None and (
+            read is not None or written is not None
+        ):
+            # A raw Anthropic usage block: input_tokens exclude cache reads and writes.
+            return "anthropic", {
+                "input_tokens": prompt or 0,
+                "output_tokens": 0 if input_only else (completion or 0),
+                "cache_read_input_tokens": read or 0,
+                "cache_creation_input_tokens": written or 0,
+            }
+        prompt_details = field(usage, "input_tokens_details")  # Responses API: inclusive
+        completion_details = field(usage, "output_tokens_details")
+    else:
+        prompt_details = field(usage, "prompt_tokens_details")
+        completion_details = field(usage, "completion_tokens_details")
+    cached = _first(field(prompt_details, "cached_tokens"), field(usage, "cache_read_input_tokens"))
+    written = _first(
+        field(usage, "cache_creation_input_tokens"),
+        field(prompt_details, "cache_creation_tokens"),
+        field(prompt_details, "cache_write_tokens"),
+    )
+    reasoning = field(completion_details, "reasoning_tokens")
+    completion = 0 if input_only else (completion or 0)
+    reasoning = 0 if input_only else (reasoning or 0)
+    if isinstance(reasoning, int) and isinstance(completion, int) and reasoning > completion:
+        reasoning = completion  # a breakdown of completion_tokens; never changes the total
+    return "openai", {
+        "prompt_tokens": prompt or 0,
+        "completion_tokens": completion,
+        "cached_tokens": cached or 0,
+        "cache_write_tokens": written or 0,
+        "reasoning_tokens": reasoning,
+    }
+
+
+def timestamp(end_time: Any) -> float | None:
+    """When the call finished, as Unix seconds (LiteLLM passes naive local datetimes)."""
+    if isinstance(end_time, _dt.datetime):
+        try:
+            return end_time.timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(end_time, (int, float)) and not isinstance(end_time, bool):
+        return float(end_time)
+    return None

@@ -1,0 +1,390 @@
+"""`StripeLogger`: a LiteLLM `CustomLogger` that records each successful call's tokens.
+
+Where LiteLLM runs the hooks (litellm 1.110):
+
+- `log_pre_api_call` runs on the caller, inside the call (sync: the calling thread;
+  async: the executor LiteLLM runs the call in, with the caller's context copied).
+- A sync, non-streaming call's `log_success_event` runs on LiteLLM's logging thread pool
+  with the caller's context copied (`utils.py`, `contextvars.copy_context()` before
+  `executor.submit`); a sync *stream*'s runs on the pool without it
+  (`streaming_handler.py`, `executor.submit(self.logging_obj.success_handler, ...)`).
+- `async_log_success_event` runs on LiteLLM's logging worker in a copy of the caller's
+  context, except when the worker's atexit flush runs leftovers after the host's event
+  loop ended (`logging_worker.py`, `_flush_on_exit`): those run with no context at all.
+
+So a `meter.customer()` scope is captured in `log_pre_api_call`, keyed by
+`litellm_call_id`, and used at success; the map is bounded and entries are dropped when
+the call succeeds or fails.
+
+LiteLLM also *loses* async success callbacks when the host's loop ends right after the
+call: `asyncio.run()` cancels its tasks, and with them the task that enqueues the callback
+(`utils.py`, `_schedule_async_success_logging` -> `spawn_logging_task`) and callbacks the
+worker had dequeued; in litellm 1.110 `asyncio.run(main())` with one `acompletion` runs
+no success callback at all. LiteLLM additionally runs an async call's success on its
+logging *thread pool* for loggers that override only `log_success_event`
+(`litellm_logging.py`, `_get_completed_success_callbacks(asynchronous=False)` and
+`handle_sync_success_callbacks_for_async_calls`), and that pool is drained at interpreter
+exit. So each `StripeLogger` registers a companion (`_ThreadPath`, overriding only
+`log_success_event`) in `litellm.success_callback` on its first call: async calls are
+reported on both paths, and the request-id dedupe bills them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+from stripe_token_meter import TokenMeter, current_customer
+from stripe_token_meter.usage import check_customer, check_dimensions
+
+from . import _extract as ex
+from ._identity import CUSTOMER_KEY, CustomerResolver
+
+SOURCE: Final = "litellm-stripe"
+DIMENSIONS_KEY: Final = "stripe_dimensions"
+"""Per-call extra dimensions in the call's metadata (`{"feature": "chat"}`)."""
+_NO_USAGE_FIX: Final = (
+    "make sure the provider returns usage; for OpenAI-compatible streams pass "
+    'stream_options={"include_usage": True}'
+)
+
+
+class _BoundedSet:
+    """The last `maxlen` keys seen, thread-safe (check-and-add is atomic)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = maxlen
+
+    def add(self, key: str) -> bool:
+        """Add `key`; False if it was already there."""
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys[key] = None
+            if len(self._keys) > self._max:
+                self._keys.popitem(last=False)
+            return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class _BoundedMap:
+    """Calls in flight: call id -> captured customer scope; the oldest dropped past `maxlen`."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._items: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = maxlen
+
+    def put(self, key: str, value: str | None) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+    def get(self, key: str | None) -> str | None:
+        return None if key is None else self._items.get(key)
+
+    def pop(self, key: str | None) -> None:
+        if key is not None and key in self._items:
+            with self._lock:
+                self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class StripeLogger(CustomLogger):
+    """Bills every successful LiteLLM call's tokens to a Stripe customer through `meter`.
+
+    `litellm.callbacks = [StripeLogger(meter)]` covers `completion`/`acompletion`,
+    streaming (billed once, after the stream ends), `Router`, `text_completion`,
+    `embedding` (input tokens only) and `responses`. Failed calls and cache hits are not
+    billed (`bill_cache_hits=True` bills cache hits).
+
+    Customer, first that applies: the call's metadata `stripe_customer_id`
+    (`metadata_key`; None ignores call metadata, as the proxy logger does) ->
+    `meter.customer()` scope around the call -> `customer_resolver(CallIdentity)` ->
+    `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
+    `missing_customer`.
+
+    Every callback is deduplicated on LiteLLM's request id
+    (`standard_logging_object["id"]`, the last `max_tracked` ids), and never raises into
+    LiteLLM: failures are counted in `meter.stats()["adapter_errors"]` (a strict meter
+    raises instead).
+
+    `thread_fallback` (default on) also takes async calls' success from LiteLLM's
+    logging thread pool, so calls made right before `asyncio.run()` returns are still
+    billed (LiteLLM cancels its own queued async callbacks then).
+    """
+
+    def __init__(
+        self,
+        meter: TokenMeter,
+        customer_id: str | None = None,
+        dimensions: Mapping[str, str] | None = None,
+        customer_resolver: CustomerResolver | None = None,
+        bill_cache_hits: bool = False,
+        *,
+        metadata_key: str | None = CUSTOMER_KEY,
+        call_types: Iterable[str] | None = None,
+        max_tracked: int = 10_000,
+        thread_fallback: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(meter, TokenMeter):
+            raise TypeError(
+                f"meter: expected a stripe_token_meter.TokenMeter, got {type(meter).__name__}"
+            )
+        if customer_resolver is not None and not callable(customer_resolver):
+            raise TypeError("customer_resolver: expected a callable taking a CallIdentity")
+        if max_tracked < 1:
+            raise ValueError("max_tracked: must be at least 1")
+        self.meter = meter
+        self.customer_id = check_customer("customer_id", customer_id) if customer_id else None
+        self.dimensions: dict[str, str] = check_dimensions(dimensions)
+        self.customer_resolver = customer_resolver
+        self.bill_cache_hits = bill_cache_hits
+        self.metadata_key = metadata_key
+        self.call_types = (
+            frozenset(call_types) if call_types is not None else ex.BILLABLE_CALL_TYPES
+        )
+        # LiteLLM keeps one logger per (class, public str/bool/int attributes) in its success
+        # lists (`LoggingCallbackManager._get_custom_logger_key`): a unique id keeps a second
+        # StripeLogger (another meter) from being silently dropped.
+        self.logger_id = uuid.uuid4().hex
+        self.thread_fallback = thread_fallback
+        self._thread_path: _ThreadPath | None = _ThreadPath(self) if thread_fallback else None
+        self._thread_path_added = False
+        self._seen = _BoundedSet(max_tracked)
+        self._calls = _BoundedMap(max_tracked)
+        self._counts_lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("recorded", "duplicates", "cache_hits", "failures", "skipped", "no_usage"), 0
+        )
+
+    def stats(self) -> dict[str, int]:
+        """This logger's counters (delivery is in `meter.stats()`).
+
+        `recorded`: calls handed to the meter; `duplicates`: repeated success callbacks
+        ignored; `cache_hits`: cache hits not billed; `failures`: failed calls (not billed);
+        `skipped`: call types that are not billed (reads of stored objects); `no_usage`:
+        calls without token usage; `in_flight`: calls started (seen by `log_pre_api_call`)
+        that LiteLLM has not reported yet.
+        """
+        with self._counts_lock:
+            out = dict(self._counts)
+        out["in_flight"] = len(self._calls)
+        return out
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until LiteLLM has reported every call started so far, then `meter.flush()`.
+
+        LiteLLM runs success callbacks after the call returned, on its own threads: call
+        this (or `aflush()`) before reading `meter.stats()` or ending a short-lived job.
+        False if something was still pending at `timeout` (e.g. a stream never consumed).
+        """
+        deadline = time.monotonic() + timeout
+        while len(self._calls) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        settled = len(self._calls) == 0
+        return self.meter.flush(max(0.0, deadline - time.monotonic())) and settled
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        """`flush()` for async code: first runs LiteLLM's queued async callbacks on this loop."""
+        deadline = time.monotonic() + timeout
+        try:
+            from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+            await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout)
+        except (ImportError, AttributeError, asyncio.TimeoutError):
+            pass
+        remaining = max(0.0, deadline - time.monotonic())
+        return await asyncio.get_running_loop().run_in_executor(None, self.flush, remaining)
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] += 1
+
+    # -- LiteLLM hooks ----------------------------------------------------------------------
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        # On the caller: capture the meter.customer() scope while it is still visible.
+        try:
+            if not self._thread_path_added:
+                self._add_thread_path()
+            cid = kwargs.get("litellm_call_id")
+            if cid:
+                self._calls.put(str(cid), current_customer())
+        except Exception as exc:
+            self._failed("log_pre_api_call", exc)
+
+    def log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._on_success(kwargs, response_obj, end_time)
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._on_success(kwargs, response_obj, end_time)
+
+    def log_failure_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._on_failure(kwargs)
+
+    async def async_log_failure_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._on_failure(kwargs)
+
+    # -- the work -------------------------------------------------------------------------
+
+    def _add_thread_path(self) -> None:
+        with self._counts_lock:
+            if self._thread_path_added:
+                return
+            self._thread_path_added = True
+        if self._thread_path is not None and self._thread_path not in litellm.success_callback:
+            litellm.logging_callback_manager.add_litellm_success_callback(self._thread_path)
+
+    def _on_failure(self, kwargs: Any) -> None:
+        try:
+            self._count("failures")
+            if isinstance(kwargs, Mapping):
+                self._calls.pop(ex.call_id(kwargs))
+        except Exception as exc:
+            self._failed("log_failure_event", exc)
+
+    def _on_success(self, kwargs: Any, response_obj: Any, end_time: Any) -> None:
+        try:
+            self._record(kwargs, response_obj, end_time)
+        except Exception as exc:
+            self._failed("log_success_event", exc)
+        finally:
+            if isinstance(kwargs, Mapping):
+                with contextlib.suppress(Exception):
+                    self._calls.pop(ex.call_id(kwargs))
+
+    def _record(self, kwargs: Any, response_obj: Any, end_time: Any) -> None:
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"kwargs: expected LiteLLM's model_call_details dict, got {type(kwargs).__name__}"
+            )
+        slo = ex.standard_payload(kwargs)
+        cid = ex.call_id(kwargs)
+        if ex.is_cache_hit(kwargs, slo) and not self.bill_cache_hits:
+            self._count("cache_hits")
+            return
+        ctype = ex.call_type(kwargs, slo)
+        if ctype is not None and ctype not in self.call_types:
+            self._count("skipped")
+            return
+        rid = ex.request_id(kwargs, slo)
+        if rid is not None and rid in self._seen:
+            self._count("duplicates")
+            return
+        found = ex.usage_fields(
+            response_obj, kwargs, slo, input_only=ctype in ex.INPUT_ONLY_CALL_TYPES
+        )
+        if found is None:
+            self._count("no_usage")
+            self.meter.report_missing_usage("LiteLLM", _NO_USAGE_FIX)
+            return
+        counts, fields = found
+        metadata = ex.call_metadata(kwargs)
+        customer = self._customer(kwargs, slo, metadata, self._calls.get(cid))
+        if rid is not None and not self._seen.add(rid):
+            self._count("duplicates")  # another thread took it meanwhile
+            return
+        self.meter.record(
+            counts=counts,
+            fallback_customer_id=self.customer_id,
+            customer_id=customer,
+            model=ex.model(response_obj, kwargs, slo),
+            provider=ex.provider(kwargs, slo),
+            request_id=rid,
+            timestamp=ex.timestamp(end_time),
+            dimensions=self._dimensions(metadata),
+            **fields,
+        )
+        self._count("recorded")
+
+    def _customer(
+        self,
+        kwargs: Mapping[str, Any],
+        slo: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        captured: str | None,
+    ) -> Any:
+        """The call's customer, or None to let the meter fall back (handler, default)."""
+        if self.metadata_key is not None:
+            named = metadata.get(self.metadata_key)
+            if named is not None and named != "":
+                return named  # validated by the core: a bad id is dead-lettered, never rerouted
+        if captured is not None:
+            return captured
+        scoped = current_customer()
+        if scoped is not None:
+            return scoped
+        if self.customer_resolver is not None:
+            try:
+                resolved = self.customer_resolver(ex.identity(kwargs, slo, metadata))
+            except Exception as exc:
+                self._failed("customer_resolver", exc)
+                return None
+            if resolved is not None and resolved != "":
+                return resolved
+        return None
+
+    def _dimensions(self, metadata: Mapping[str, Any]) -> dict[str, str]:
+        if self.metadata_key is None:
+            return self.dimensions
+        extra = metadata.get(DIMENSIONS_KEY)
+        if not isinstance(extra, Mapping) or not extra:
+            return self.dimensions
+        return {**self.dimensions, **extra}
+
+    def _failed(self, where: str, exc: Exception) -> None:
+        if self.meter.strict:
+            raise exc
+        with contextlib.suppress(Exception):
+            self.meter.report_adapter_error(f"{SOURCE} {where}", exc)
+
+    def __repr__(self) -> str:
+        return (
+            f"StripeLogger(event_name={self.meter.event_name!r}, customer_id={self.customer_id!r})"
+        )
+
+
+class _ThreadPath(CustomLogger):
+    """Overrides only `log_success_event`, so LiteLLM also reports async calls to it on its
+    logging thread pool, which survives the host's event loop ending (see module doc)."""
+
+    def __init__(self, owner: StripeLogger) -> None:
+        super().__init__()
+        self.logger_id = owner.logger_id
+        self._owner = owner
+
+    def log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._owner._on_success(kwargs, response_obj, end_time)
+
+    def __repr__(self) -> str:
+        return f"_ThreadPath({self._owner!r})"
