@@ -118,7 +118,7 @@ class StripeLogger(CustomLogger):
 
     Customer, first that applies: the call's metadata `stripe_customer_id`
     (`metadata_key`; None ignores call metadata, as the proxy logger does) ->
-    `meter.customer()` scope around the call -> `customer_resolver(CallIdentity)` ->
+    `customer_resolver(CallIdentity)` -> `meter.customer()` scope around the call ->
     `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
     `missing_customer`.
 
@@ -337,20 +337,19 @@ class StripeLogger(CustomLogger):
             named = metadata.get(self.metadata_key)
             if named is not None and named != "":
                 return named  # validated by the core: a bad id is dead-lettered, never rerouted
-        if captured is not None:
-            return captured
-        scoped = current_customer()
-        if scoped is not None:
-            return scoped
         if self.customer_resolver is not None:
+            # The resolver maps the call's own identity: like metadata, it is the call's
+            # customer, so it outranks an ambient scope (ARCHITECTURE's precedence).
             try:
                 resolved = self.customer_resolver(ex.identity(kwargs, slo, metadata))
             except Exception as exc:
                 self._failed("customer_resolver", exc)
-                return None
+                resolved = None
             if resolved is not None and resolved != "":
                 return resolved
-        return None
+        if captured is not None:
+            return captured
+        return current_customer()
 
     def _dimensions(self, metadata: Mapping[str, Any]) -> dict[str, str]:
         if self.metadata_key is None:

@@ -45,7 +45,9 @@ def stripe_error_message(exc: BaseException, url: str, doing: str) -> str:
             f"cannot reach Stripe at {url} while {doing} (connection refused, DNS or no "
             "network): check --api-base / STRIPE_API_BASE and that the server is running"
         )
-    message = redact(one_line(str(exc.user_message or exc) if isinstance(exc, stripe.StripeError) else str(exc)))
+    message = redact(
+        one_line(str(exc.user_message or exc) if isinstance(exc, stripe.StripeError) else str(exc))
+    )
     if isinstance(exc, stripe.AuthenticationError):
         return (
             f"Stripe at {url} refused the API key while {doing}: {message}. Check --api-key / "
