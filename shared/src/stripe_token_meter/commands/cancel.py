@@ -1,0 +1,118 @@
+"""`stripe-token-meter cancel`: cancel delivered meter events (Stripe allows 24 hours).
+
+Why: a call billed by mistake (a test customer, a retry storm in someone else's code) is
+undone with a meter event adjustment, and the outbox remembers it so `report` stops
+counting the event as billed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import stripe
+
+from ..outbox import Outbox
+from ._config import Config, load_config
+from ._errors import EXIT_FAILED, EXIT_OK, CliError, redact, stripe_error_message
+from ._outbox import open_outbox
+from ._output import out, print_json
+
+DAY = 86_400
+
+
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cancel",
+        parents=parents,
+        help="cancel delivered meter events by identifier (within 24 h)",
+        description="Cancel meter events at Stripe with meter event adjustments (type "
+        "cancel; Stripe accepts them within 24 hours of the event) and record it in the "
+        "outbox. A request id (the part before ':') cancels all its token types.",
+    )
+    p.add_argument("identifiers", nargs="+", metavar="IDENTIFIER", help="event identifier(s)")
+    p.add_argument("--json", action="store_true", help="machine-readable results")
+    p.set_defaults(func=run)
+
+
+def expand(outbox: Outbox, ident: str) -> list[tuple[str, str | None, str | None, float | None]]:
+    """`(identifier, event_name, status, delivered_at)` for an identifier or a request id."""
+    sql = "SELECT identifier, event_name, status, delivered FROM events WHERE identifier"
+    rows = outbox.query(f"{sql}=?", [ident])
+    if not rows:
+        rows = outbox.query(f"{sql} LIKE ? ESCAPE '\\' ORDER BY id", [_like_prefix(ident)])
+    if not rows:
+        return [(ident, None, None, None)]
+    return [(str(i), str(e), str(s), None if d is None else float(d)) for i, e, s, d in rows]
+
+
+def _like_prefix(ident: str) -> str:
+    escaped = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + ":%"
+
+
+def _cancel_one(
+    client: stripe.StripeClient,
+    cfg: Config,
+    outbox: Outbox,
+    target: tuple[str, str | None, str | None, float | None],
+) -> dict[str, Any]:
+    ident, event_name, status, delivered = target
+    name = event_name or cfg.event_name
+    result: dict[str, Any] = {
+        "identifier": ident,
+        "event_name": name,
+        "status": "failed",
+        "error": None,
+    }
+    if status in ("pending", "dead", "local"):
+        result["error"] = (
+            f"the event is {status} in the outbox, not delivered: there is nothing to cancel at Stripe"
+        )
+        return result
+    if status == "cancelled":
+        result["status"] = "cancelled"
+        result["error"] = "already cancelled"
+        return result
+    try:
+        client.v1.billing.meter_event_adjustments.create(
+            {"event_name": name, "type": "cancel", "cancel": {"identifier": ident}}
+        )
+    except (stripe.APIConnectionError, stripe.AuthenticationError, stripe.PermissionError) as exc:
+        raise CliError(stripe_error_message(exc, cfg.url, f"cancelling {ident}")) from None
+    except stripe.StripeError as exc:
+        message = redact(str(exc.user_message or exc))
+        if delivered is not None and time.time() - delivered > DAY:
+            message += " (Stripe only cancels events within 24 hours; issue a credit note instead)"
+        outbox.record_adjustment(ident, name, "failed", message)
+        result["error"] = message
+        return result
+    outbox.record_adjustment(ident, name, "cancelled", None)
+    result["status"] = "cancelled"
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    client = cfg.client("cancel")
+    outbox = open_outbox(cfg, must_exist=False)
+    targets = [t for ident in args.identifiers for t in expand(outbox, ident)]
+    results = [_cancel_one(client, cfg, outbox, t) for t in targets]
+    ok = all(r["status"] == "cancelled" for r in results)
+    if args.json:
+        print_json(
+            {"results": results, "cancelled": sum(r["status"] == "cancelled" for r in results)}
+        )
+    else:
+        console = out()
+        for r in results:
+            if r["status"] == "cancelled" and not r["error"]:
+                console.print(f"[green]cancelled[/] {r['identifier']} ({r['event_name']})")
+            elif r["status"] == "cancelled":
+                console.print(f"[dim]{r['error']}[/] {r['identifier']}")
+            else:
+                console.print(
+                    f"[red]not cancelled[/] {r['identifier']}: {r['error']}", soft_wrap=True
+                )
+    return EXIT_OK if ok else EXIT_FAILED

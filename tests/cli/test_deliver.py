@@ -1,0 +1,99 @@
+"""`flush`, `replay` and `cancel` against FakeStripe: exactly once, and honest exit codes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from cli_testkit import Cli, Seeded, dead_port
+
+
+def _statuses(cli: Cli, seeded: Seeded) -> dict[str, int]:
+    data = cli("status", "--json", "--outbox", str(seeded.path)).json()
+    return {k: v for k, v in data["counts"].items() if v}
+
+
+def test_flush_unreachable_exits_nonzero_naming_the_url(cli: Cli, seeded: Seeded) -> None:
+    url = f"http://127.0.0.1:{dead_port()}"
+    r = cli("flush", "--timeout", "1", *seeded.flags(api_base=url))
+    assert r.code == 1
+    assert "2 event(s) still pending" in r.out and f"cannot reach Stripe at {url}" in r.out
+    status = cli("status", "--json", "--outbox", str(seeded.path)).json()
+    assert status["counts"]["pending"] == 2
+    assert "connection_error" in status["last_error"]["error"]
+
+
+def test_flush_delivers_what_a_dead_process_left(cli: Cli, seeded: Seeded) -> None:
+    r = cli("flush", "--timeout", "20", *seeded.flags())
+    assert r.code == 0, r.out + r.err
+    assert "2 event(s) sent" in r.out
+    assert Counter(seeded.fake.identifiers()) == Counter(
+        ["ok1:input", "ok1:output", "pend1:input", "pend1:output"]
+    )
+    assert seeded.fake.totals()[("cus_known", "openai/gpt-4o-mini", "input")] == 40
+    again = cli("flush", *seeded.flags())
+    assert (again.code, again.out.strip()) == (0, "Nothing pending: the outbox is fully delivered.")
+    assert len(seeded.fake.identifiers()) == 4
+
+
+def test_replay_after_fixing_the_cause_delivers_once(cli: Cli, seeded: Seeded) -> None:
+    code = "meter_event_customer_not_found"
+    before = cli(
+        "replay", "--code", code, "--json", "--api", "v1", "--timeout", "10", *seeded.flags()
+    )
+    assert before.code == 1  # the customer still does not exist: dead again
+    assert before.json()["dead_again_by_code"] == {code: 2}
+
+    seeded.fake.create_customer("cus_missing")  # the fix
+    r = cli("replay", "--code", code, "--json", "--timeout", "20", *seeded.flags())
+    assert r.code == 0, r.out + r.err
+    summary = r.json()
+    assert (summary["requeued"], summary["delivered"], summary["dead"], summary["pending"]) == (
+        2,
+        2,
+        0,
+        0,
+    )
+    ids = Counter(seeded.fake.identifiers())
+    assert ids["dead1:input"] == 1 and ids["dead1:output"] == 1
+    assert seeded.fake.totals()[("cus_missing", "openai/gpt-4o", "input")] == 300
+
+    nothing = cli("replay", *seeded.flags())
+    assert (nothing.code, "no dead letters" in nothing.out) == (0, True)
+    assert Counter(seeded.fake.identifiers()) == ids  # nothing sent twice
+    assert "dead" not in _statuses(cli, seeded)
+
+
+def test_replay_needs_a_key(cli: Cli, seeded: Seeded) -> None:
+    r = cli("replay", "--outbox", str(seeded.path))
+    assert r.code == 2 and "needs a Stripe key" in r.err
+    assert _statuses(cli, seeded)["dead"] == 2  # nothing was re-queued
+
+
+def test_cancel_marks_cancelled_at_stripe_and_in_the_outbox(cli: Cli, seeded: Seeded) -> None:
+    r = cli("cancel", "ok1:input", *seeded.flags())
+    assert r.code == 0, r.err
+    assert "cancelled ok1:input" in r.out
+    assert seeded.fake.cancelled_identifiers() == {"ok1:input"}
+    assert seeded.fake.identifiers() == ["ok1:output"]  # cancelled events are not billed
+    report = cli("report", "--json", "--outbox", str(seeded.path)).json()
+    assert report["totals"]["cancelled"] == 1000 and report["totals"]["delivered"] == 200
+    assert report["totals"]["total"] == 671  # cancelled tokens are no longer billed
+
+    # a request id cancels all of its token types; the one already cancelled is skipped
+    r = cli("cancel", "ok1", "--json", *seeded.flags())
+    assert r.code == 0
+    assert {x["identifier"]: x["status"] for x in r.json()["results"]} == {
+        "ok1:input": "cancelled",
+        "ok1:output": "cancelled",
+    }
+    assert seeded.fake.cancelled_identifiers() == {"ok1:input", "ok1:output"}
+    assert _statuses(cli, seeded)["cancelled"] == 2
+
+
+def test_cancel_refuses_what_stripe_never_had(cli: Cli, seeded: Seeded) -> None:
+    r = cli("cancel", "pend1:input", "nope:input", "--json", *seeded.flags())
+    assert r.code == 1
+    results = {x["identifier"]: x for x in r.json()["results"]}
+    assert "pending in the outbox" in results["pend1:input"]["error"]
+    assert "No meter event found" in results["nope:input"]["error"]
+    assert seeded.fake.cancelled_identifiers() == set()
