@@ -8,12 +8,20 @@ are inclusive for every provider) and, only when no generation carries it, the l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from langchain_core.outputs import LLMResult
+from stripe_token_meter.provider_usage import UsageReport as Found
 
-Counts = Literal["openai", "anthropic"]
-Found = tuple[Counts, dict[str, Any]]
+__all__ = [
+    "CACHE_HIT",
+    "Found",
+    "extract_error_usage",
+    "extract_usage",
+    "later_batch_member",
+    "response_model",
+]
+from stripe_token_meter.provider_usage import read_usage
 
 CACHE_HIT: Final = "cache_hit"
 """Returned instead of usage for a LangChain cache hit: no provider call, nothing to bill."""
@@ -64,30 +72,6 @@ def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
     return total
 
 
-def _mapping_usage(usage: object) -> Found | None:
-    """OpenAI-style (`prompt_tokens`) or Anthropic-style (`input_tokens`) raw usage."""
-    if not isinstance(usage, Mapping) or not usage:
-        return None
-    if "prompt_tokens" in usage or "completion_tokens" in usage:
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
-        return "openai", {
-            "prompt_tokens": _num(usage.get("prompt_tokens")),
-            "completion_tokens": _num(usage.get("completion_tokens")),
-            "cached_tokens": _num(prompt_details.get("cached_tokens")),
-            "cache_write_tokens": 0,
-            "reasoning_tokens": _num(completion_details.get("reasoning_tokens")),
-        }
-    if "input_tokens" in usage or "output_tokens" in usage:
-        return "anthropic", {
-            "input_tokens": _num(usage.get("input_tokens")),
-            "output_tokens": _num(usage.get("output_tokens")),
-            "cache_read_input_tokens": _num(usage.get("cache_read_input_tokens")),
-            "cache_creation_input_tokens": _num(usage.get("cache_creation_input_tokens")),
-        }
-    return None
-
-
 def extract_usage(result: LLMResult, *, legacy: bool = True) -> Found | str | None:
     """`(counts, fields)` for `meter.record`, `CACHE_HIT`, or None when nothing was reported.
 
@@ -101,7 +85,7 @@ def extract_usage(result: LLMResult, *, legacy: bool = True) -> Found | str | No
     out = result.llm_output
     if not legacy or not isinstance(out, Mapping):
         return None
-    return _mapping_usage(out.get("token_usage")) or _mapping_usage(out.get("usage"))
+    return read_usage(out.get("token_usage")) or read_usage(out.get("usage"))
 
 
 def later_batch_member(result: LLMResult) -> bool:
@@ -126,7 +110,7 @@ def extract_error_usage(result: object) -> Found | None:
             meta = getattr(getattr(gen, "message", None), "response_metadata", None) or {}
             body = meta.get("body")
             if isinstance(body, Mapping):
-                usage = _mapping_usage(body.get("usage"))
+                usage = read_usage(body.get("usage"))
                 if usage is not None:
                     return usage
     return None

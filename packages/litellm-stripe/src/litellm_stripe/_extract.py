@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
+
+from stripe_token_meter.provider_usage import UsageReport, field, read_usage
 
 from ._identity import CallIdentity
 
@@ -43,18 +45,6 @@ BILLABLE_CALL_TYPES: Final = frozenset(
     }
 )
 INPUT_ONLY_CALL_TYPES: Final = frozenset({"embedding", "aembedding"})
-
-
-def field(obj: Any, name: str) -> Any:
-    """`obj[name]` for mappings, `obj.name` otherwise; None when absent."""
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # exotic objects whose properties raise
-        return None
 
 
 def _first(*values: Any) -> Any:
@@ -196,53 +186,17 @@ def _usage_object(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str
 
 def usage_fields(
     response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any], input_only: bool
-) -> tuple[Literal["openai", "anthropic"], dict[str, Any]] | None:
-    """`(counts, fields)` for `TokenMeter.record()`, or None when LiteLLM reported no usage."""
-    usage = _usage_object(response_obj, kwargs, slo)
-    if usage is None:
-        return None
-    prompt = field(usage, "prompt_tokens")
-    completion = field(usage, "completion_tokens")
-    if prompt is None and completion is None:
-        prompt = field(usage, "input_tokens")
-        completion = field(usage, "output_tokens")
-        if prompt is None and completion is None:
-            return None
-        read = field(usage, "cache_read_input_tokens")
-        written = field(usage, "cache_creation_input_tokens")
-        if field(usage, "input_tokens_details") is None and (
-            read is not None or written is not None
-        ):
-            # A raw Anthropic usage block: input_tokens exclude cache reads and writes.
-            return "anthropic", {
-                "input_tokens": prompt or 0,
-                "output_tokens": 0 if input_only else (completion or 0),
-                "cache_read_input_tokens": read or 0,
-                "cache_creation_input_tokens": written or 0,
-            }
-        prompt_details = field(usage, "input_tokens_details")  # Responses API: inclusive
-        completion_details = field(usage, "output_tokens_details")
-    else:
-        prompt_details = field(usage, "prompt_tokens_details")
-        completion_details = field(usage, "completion_tokens_details")
-    cached = _first(field(prompt_details, "cached_tokens"), field(usage, "cache_read_input_tokens"))
-    written = _first(
-        field(usage, "cache_creation_input_tokens"),
-        field(prompt_details, "cache_creation_tokens"),
-        field(prompt_details, "cache_write_tokens"),
-    )
-    reasoning = field(completion_details, "reasoning_tokens")
-    completion = 0 if input_only else (completion or 0)
-    reasoning = 0 if input_only else (reasoning or 0)
-    if isinstance(reasoning, int) and isinstance(completion, int) and reasoning > completion:
-        reasoning = completion  # a breakdown of completion_tokens; never changes the total
-    return "openai", {
-        "prompt_tokens": prompt or 0,
-        "completion_tokens": completion,
-        "cached_tokens": cached or 0,
-        "cache_write_tokens": written or 0,
-        "reasoning_tokens": reasoning,
-    }
+) -> UsageReport | None:
+    """`(counts, fields)` for `TokenMeter.record()`, or None when LiteLLM reported no usage.
+
+    The shape is read by the core (`read_usage`); embeddings bill their input only.
+    """
+    found = read_usage(_usage_object(response_obj, kwargs, slo))
+    if found is None or not input_only:
+        return found
+    counts, fields = found
+    drop = ("completion_tokens", "reasoning_tokens", "output_tokens")
+    return counts, {k: v for k, v in fields.items() if k not in drop}
 
 
 def timestamp(end_time: Any) -> float | None:

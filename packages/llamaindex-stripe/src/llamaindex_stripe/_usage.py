@@ -12,95 +12,13 @@ Counts are passed to the meter as reported, in the shape the provider uses; the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-Counts = Literal["openai", "anthropic"]
-Found = tuple[Counts, dict[str, Any]]
-"""(shape, fields present in the report): only reported fields, so stream parts merge."""
+from stripe_token_meter.provider_usage import UsageReport as Found
+from stripe_token_meter.provider_usage import field
+from stripe_token_meter.provider_usage import read_usage as usage_fields
 
 UNKNOWN_MODEL: Final = "unknown"  # LLMMetadata's default model_name
-
-
-def field(obj: Any, key: str) -> Any:
-    """`obj[key]` for mappings, `obj.key` for objects (pydantic, provider SDK types)."""
-    if obj is None:
-        return None
-    if type(obj) is dict or isinstance(obj, Mapping):
-        return obj.get(key)
-    try:
-        return getattr(obj, key, None)
-    except Exception:  # a property that raises: treat as absent
-        return None
-
-
-def _count(value: Any) -> Any:
-    """A reported count (int or float; the core checks it is whole), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return value
-
-
-def _put(out: dict[str, Any], key: str, value: Any) -> None:
-    value = _count(value)
-    if value is not None:
-        out[key] = value
-
-
-def usage_fields(usage: Any) -> Found | None:
-    """Recognise one usage report: OpenAI, OpenAI Responses, Anthropic or Gemini shape."""
-    if usage is None or isinstance(usage, (str, bytes, int, float)):
-        return None
-    out: dict[str, Any] = {}
-    # Gemini `usage_metadata`: prompt_token_count includes cached content; thoughts are
-    # billed as output but reported apart from candidates; tool-use prompts are input.
-    prompt = _count(field(usage, "prompt_token_count"))
-    candidates = _count(field(usage, "candidates_token_count"))
-    if prompt is not None or candidates is not None:
-        thoughts = _count(field(usage, "thoughts_token_count"))
-        tool_prompt = _count(field(usage, "tool_use_prompt_token_count"))
-        if prompt is not None or tool_prompt is not None:
-            out["prompt_tokens"] = (prompt or 0) + (tool_prompt or 0)
-        if candidates is not None or thoughts is not None:
-            out["completion_tokens"] = (candidates or 0) + (thoughts or 0)
-        _put(out, "cached_tokens", field(usage, "cached_content_token_count"))
-        _put(out, "reasoning_tokens", thoughts)
-        return "openai", out
-    # OpenAI chat completions (and every OpenAI-compatible server): inclusive totals.
-    if (
-        _count(field(usage, "prompt_tokens")) is not None
-        or _count(field(usage, "completion_tokens")) is not None
-    ):
-        _put(out, "prompt_tokens", field(usage, "prompt_tokens"))
-        _put(out, "completion_tokens", field(usage, "completion_tokens"))
-        prompt_details = field(usage, "prompt_tokens_details")
-        _put(out, "cached_tokens", field(prompt_details, "cached_tokens"))
-        _put(out, "cache_write_tokens", field(prompt_details, "cache_write_tokens"))
-        _put(
-            out,
-            "reasoning_tokens",
-            field(field(usage, "completion_tokens_details"), "reasoning_tokens"),
-        )
-        return "openai", out
-    if (
-        _count(field(usage, "input_tokens")) is not None
-        or _count(field(usage, "output_tokens")) is not None
-    ):
-        input_details = field(usage, "input_tokens_details")
-        output_details = field(usage, "output_tokens_details")
-        if input_details is not None or output_details is not None:
-            # OpenAI Responses API: input_tokens/output_tokens, but inclusive like chat.
-            _put(out, "prompt_tokens", field(usage, "input_tokens"))
-            _put(out, "completion_tokens", field(usage, "output_tokens"))
-            _put(out, "cached_tokens", field(input_details, "cached_tokens"))
-            _put(out, "reasoning_tokens", field(output_details, "reasoning_tokens"))
-            return "openai", out
-        # Anthropic: input_tokens exclude cache reads and cache writes.
-        _put(out, "input_tokens", field(usage, "input_tokens"))
-        _put(out, "output_tokens", field(usage, "output_tokens"))
-        _put(out, "cache_read_input_tokens", field(usage, "cache_read_input_tokens"))
-        _put(out, "cache_creation_input_tokens", field(usage, "cache_creation_input_tokens"))
-        return "anthropic", out
-    return None
 
 
 def response_usage(response: Any) -> Found | None:

@@ -57,11 +57,11 @@ from llama_index.core.instrumentation.span import BaseSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import ConfigDict, Field, PrivateAttr
 from stripe_token_meter import TokenMeter, current_customer
+from stripe_token_meter.provider_usage import Counts
+from stripe_token_meter.provider_usage import UsageReport as Found
 from stripe_token_meter.usage import check_customer, check_dimensions
 
 from ._usage import (
-    Counts,
-    Found,
     class_provider,
     merge,
     model_and_provider,

@@ -1,0 +1,89 @@
+"""One reader for every provider's usage report, dict or SDK object."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from stripe_token_meter import Usage
+from stripe_token_meter.provider_usage import read_usage
+
+OPENAI = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 200,
+    "prompt_tokens_details": {"cached_tokens": 600},
+    "completion_tokens_details": {"reasoning_tokens": 50},
+}
+LITELLM_ANTHROPIC = {  # LiteLLM: inclusive prompt_tokens plus the cache counts at top level
+    "prompt_tokens": 460,
+    "completion_tokens": 25,
+    "cache_read_input_tokens": 300,
+    "cache_creation_input_tokens": 120,
+    "prompt_tokens_details": {"cached_tokens": 300, "cache_creation_tokens": 120},
+}
+ANTHROPIC = {
+    "input_tokens": 40,
+    "output_tokens": 25,
+    "cache_read_input_tokens": 300,
+    "cache_creation_input_tokens": 120,
+}
+RESPONSES = {
+    "input_tokens": 1000,
+    "output_tokens": 200,
+    "input_tokens_details": {"cached_tokens": 600},
+    "output_tokens_details": {"reasoning_tokens": 50},
+}
+GEMINI = {
+    "prompt_token_count": 1000,
+    "cached_content_token_count": 600,
+    "candidates_token_count": 150,
+    "thoughts_token_count": 50,
+}
+
+
+def _obj(value: Any) -> Any:
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _obj(v) for k, v in value.items()})
+    return value
+
+
+def _usage(report: Any) -> Usage:
+    counts, fields = report
+    ctor = Usage.from_openai if counts == "openai" else Usage.from_anthropic
+    return ctor(model="m", **fields)
+
+
+@pytest.mark.parametrize("as_object", [False, True])
+@pytest.mark.parametrize(
+    ("raw", "disjoint"),
+    [
+        (OPENAI, (400, 600, 0, 150, 50)),
+        (RESPONSES, (400, 600, 0, 150, 50)),
+        (GEMINI, (400, 600, 0, 150, 50)),
+        (LITELLM_ANTHROPIC, (40, 300, 120, 25, 0)),
+        (ANTHROPIC, (40, 300, 120, 25, 0)),
+    ],
+)
+def test_every_shape_gives_the_same_disjoint_counts(
+    raw: dict[str, Any], disjoint: tuple[int, ...], as_object: bool
+) -> None:
+    report = read_usage(_obj(raw) if as_object else raw)
+    assert report is not None
+    u = _usage(report)
+    assert (
+        u.input_tokens,
+        u.cached_input_tokens,
+        u.cache_write_tokens,
+        u.output_tokens,
+        u.reasoning_tokens,
+    ) == disjoint
+
+
+@pytest.mark.parametrize("raw", [None, "usage", 5, {}, {"total_tokens": 3}, SimpleNamespace()])
+def test_no_usage_is_none(raw: Any) -> None:
+    assert read_usage(raw) is None
+
+
+def test_malformed_counts_are_passed_on_for_the_core_to_reject() -> None:
+    assert read_usage({"prompt_tokens": "many"}) == ("openai", {"prompt_tokens": "many"})
