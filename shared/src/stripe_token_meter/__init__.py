@@ -20,7 +20,7 @@ from .errors import (
     TokenMeterError,
 )
 from .events import MeterEvent, build_events, make_identifier
-from .meter import TokenMeter
+from .meter import TokenMeter, check_api_key
 from .usage import Usage
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "TokenMeterError",
     "Usage",
     "build_events",
+    "check_api_key",
     "current_customer",
     "make_identifier",
     "normalize_model",

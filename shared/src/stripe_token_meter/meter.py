@@ -43,7 +43,8 @@ _CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
 }
 
 
-def _check_key(api_key: str) -> None:
+def check_api_key(api_key: str) -> None:
+    """Refuse keys that cannot write meter events, naming the kind to use (never the key)."""
     if api_key.startswith("pk_"):
         raise ConfigurationError(
             "api_key: a publishable key (pk_) cannot write meter events; it is meant for browsers. "
@@ -94,7 +95,7 @@ class TokenMeter:
             )
         key = api_key if api_key is not None else os.environ.get("STRIPE_API_KEY") or None
         if key is not None:
-            _check_key(key)
+            check_api_key(key)
         self.event_name = check_text(
             "event_name",
             event_name or os.environ.get("STRIPE_METER_EVENT_NAME") or "token-billing-tokens",

@@ -103,13 +103,23 @@ class Row:
 class Outbox:
     """Thread-safe access to one outbox file (one connection, one lock)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, readonly: bool = False
+    ) -> None:
         if path is None:
             path = default_outbox_path()
         self.path = str(path)
+        self._lock = threading.Lock()
+        if readonly:
+            # Reports must not create or change the file (nor need write permission).
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            self._conn = sqlite3.connect(
+                uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )

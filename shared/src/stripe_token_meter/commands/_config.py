@@ -15,7 +15,7 @@ from typing import Any, Literal
 import stripe
 
 from ..errors import ConfigurationError, InvalidUsage
-from ..meter import _check_key
+from ..meter import check_api_key
 from ..outbox import default_outbox_path
 from ..usage import check_text
 from ._errors import CliError
@@ -145,7 +145,7 @@ def load_config(args: argparse.Namespace) -> Config:
     if key is not None:
         key = key.strip()
         try:
-            _check_key(key)
+            check_api_key(key)
         except ConfigurationError as exc:
             raise CliError(f"{source}: {str(exc).removeprefix('api_key: ')}") from None
     base = getattr(args, "api_base", None) or os.environ.get("STRIPE_API_BASE") or None

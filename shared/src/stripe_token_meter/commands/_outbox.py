@@ -20,7 +20,7 @@ META_LAST_ERROR = "last_error"
 """Outbox `meta` key holding the last delivery error seen by any process (JSON or text)."""
 
 
-def open_outbox(cfg: Config, *, must_exist: bool = True) -> Outbox:
+def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False) -> Outbox:
     """The configured outbox; `CliError` naming the path if it is missing or unreadable."""
     path = cfg.outbox_path
     if must_exist and not path.exists():
@@ -31,7 +31,7 @@ def open_outbox(cfg: Config, *, must_exist: bool = True) -> Outbox:
     if path.is_dir():
         raise CliError(f"--outbox: {path} is a directory; give the SQLite file's path")
     try:
-        outbox = Outbox(path)
+        outbox = Outbox(path, readonly=readonly)
         outbox.query("SELECT COUNT(*) FROM events LIMIT 1")
     except (sqlite3.Error, OSError) as exc:
         raise CliError(

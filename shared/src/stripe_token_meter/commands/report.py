@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             check_customer("--customer", args.customer)
         except InvalidUsage as exc:
             raise CliError(f"--customer: {exc.message}") from None
-    outbox = open_outbox(cfg)
+    outbox = open_outbox(cfg, readonly=True)
     where, params = ["1=1"], []
     if args.since is not None:
         where.append("timestamp >= ?")

@@ -108,7 +108,7 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    data = collect(cfg, open_outbox(cfg))
+    data = collect(cfg, open_outbox(cfg, readonly=True))
     if args.json:
         print_json(data)
     else:
