@@ -91,7 +91,10 @@ def seeded(fake_stripe: Any, tmp_path: Path) -> Iterator[Seeded]:
     down.record(_usage("cus_known", "openai/gpt-4o-mini", 40, 4, "pend1"))
     assert not down.flush(0.5)
     down.close(timeout=0.0)
-    assert set(fake_stripe.identifiers()) == {"ok1:input", "ok1:output"}
+    assert set(fake_stripe.identifiers()) == {
+        "ok1:input:token-billing-tokens",
+        "ok1:output:token-billing-tokens",
+    }
     yield Seeded(path, fake_stripe)
 
 

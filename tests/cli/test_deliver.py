@@ -27,7 +27,12 @@ def test_flush_delivers_what_a_dead_process_left(cli: Cli, seeded: Seeded) -> No
     assert r.code == 0, r.out + r.err
     assert "2 event(s) sent" in r.out
     assert Counter(seeded.fake.identifiers()) == Counter(
-        ["ok1:input", "ok1:output", "pend1:input", "pend1:output"]
+        [
+            "ok1:input:token-billing-tokens",
+            "ok1:output:token-billing-tokens",
+            "pend1:input:token-billing-tokens",
+            "pend1:output:token-billing-tokens",
+        ]
     )
     assert seeded.fake.totals()[("cus_known", "openai/gpt-4o-mini", "input")] == 40
     again = cli("flush", *seeded.flags())
@@ -54,7 +59,10 @@ def test_replay_after_fixing_the_cause_delivers_once(cli: Cli, seeded: Seeded) -
         0,
     )
     ids = Counter(seeded.fake.identifiers())
-    assert ids["dead1:input"] == 1 and ids["dead1:output"] == 1
+    assert (
+        ids["dead1:input:token-billing-tokens"] == 1
+        and ids["dead1:output:token-billing-tokens"] == 1
+    )
     assert seeded.fake.totals()[("cus_missing", "openai/gpt-4o", "input")] == 300
 
     nothing = cli("replay", *seeded.flags())
@@ -70,11 +78,13 @@ def test_replay_needs_a_key(cli: Cli, seeded: Seeded) -> None:
 
 
 def test_cancel_marks_cancelled_at_stripe_and_in_the_outbox(cli: Cli, seeded: Seeded) -> None:
-    r = cli("cancel", "ok1:input", *seeded.flags())
+    r = cli("cancel", "ok1:input:token-billing-tokens", *seeded.flags())
     assert r.code == 0, r.err
     assert "cancelled ok1:input" in r.out
-    assert seeded.fake.cancelled_identifiers() == {"ok1:input"}
-    assert seeded.fake.identifiers() == ["ok1:output"]  # cancelled events are not billed
+    assert seeded.fake.cancelled_identifiers() == {"ok1:input:token-billing-tokens"}
+    assert seeded.fake.identifiers() == [
+        "ok1:output:token-billing-tokens"
+    ]  # cancelled events are not billed
     report = cli("report", "--json", "--outbox", str(seeded.path)).json()
     assert report["totals"]["cancelled"] == 1000 and report["totals"]["delivered"] == 200
     assert report["totals"]["total"] == 671  # cancelled tokens are no longer billed
@@ -83,17 +93,26 @@ def test_cancel_marks_cancelled_at_stripe_and_in_the_outbox(cli: Cli, seeded: Se
     r = cli("cancel", "ok1", "--json", *seeded.flags())
     assert r.code == 0
     assert {x["identifier"]: x["status"] for x in r.json()["results"]} == {
-        "ok1:input": "cancelled",
-        "ok1:output": "cancelled",
+        "ok1:input:token-billing-tokens": "cancelled",
+        "ok1:output:token-billing-tokens": "cancelled",
     }
-    assert seeded.fake.cancelled_identifiers() == {"ok1:input", "ok1:output"}
+    assert seeded.fake.cancelled_identifiers() == {
+        "ok1:input:token-billing-tokens",
+        "ok1:output:token-billing-tokens",
+    }
     assert _statuses(cli, seeded)["cancelled"] == 2
 
 
 def test_cancel_refuses_what_stripe_never_had(cli: Cli, seeded: Seeded) -> None:
-    r = cli("cancel", "pend1:input", "nope:input", "--json", *seeded.flags())
+    r = cli(
+        "cancel",
+        "pend1:input:token-billing-tokens",
+        "nope:input:token-billing-tokens",
+        "--json",
+        *seeded.flags(),
+    )
     assert r.code == 1
     results = {x["identifier"]: x for x in r.json()["results"]}
-    assert "pending in the outbox" in results["pend1:input"]["error"]
-    assert "No meter event found" in results["nope:input"]["error"]
+    assert "pending in the outbox" in results["pend1:input:token-billing-tokens"]["error"]
+    assert "No meter event found" in results["nope:input:token-billing-tokens"]["error"]
     assert seeded.fake.cancelled_identifiers() == set()

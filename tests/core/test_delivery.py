@@ -58,10 +58,10 @@ def test_exact_events_basic(make_meter: MeterFactory, fake_stripe: Any, api: str
     ]
     assert {e.api for e in fake_stripe.events()} == {api}
     assert sorted(fake_stripe.identifiers()) == [
-        "claude-1:input",
-        "claude-1:output",
-        "req-1:input",
-        "req-1:output",
+        "claude-1:input:token-billing-tokens",
+        "claude-1:output:token-billing-tokens",
+        "req-1:input:token-billing-tokens",
+        "req-1:output:token-billing-tokens",
     ]
     s = meter.stats()
     assert (s["delivered"], s["pending"], s["dead_lettered"]) == (4, 0, 0)
@@ -163,8 +163,8 @@ def test_v1_unknown_customer_is_dead_lettered_with_stripe_code(
         "SELECT identifier, error_code FROM events WHERE status='dead' ORDER BY identifier"
     )
     assert dead == [
-        ("req-2:input", "meter_event_customer_not_found"),
-        ("req-2:output", "meter_event_customer_not_found"),
+        ("req-2:input:token-billing-tokens", "meter_event_customer_not_found"),
+        ("req-2:output:token-billing-tokens", "meter_event_customer_not_found"),
     ]
     s = meter.stats()
     assert (s["delivered"], s["dead_events"], s["dead_lettered"]) == (2, 2, 2)
@@ -191,7 +191,10 @@ def test_api_key_and_api_base_build_their_own_client(fake_stripe: Any, tmp_path:
     )
     meter.record(_usage(7))
     assert meter.flush(10)
-    assert sorted(fake_stripe.identifiers()) == ["req-7:input", "req-7:output"]
+    assert sorted(fake_stripe.identifiers()) == [
+        "req-7:input:token-billing-tokens",
+        "req-7:output:token-billing-tokens",
+    ]
     assert "rk_test_abc" not in repr(meter.stats())
     meter.close()
 
@@ -228,16 +231,20 @@ def test_publishable_or_unknown_keys_are_refused(key: str) -> None:
     assert key not in str(e.value)
 
 
-def test_durable_sync_stores_before_record_returns(make_meter: MeterFactory, fake_stripe: Any) -> None:
+def test_durable_sync_stores_before_record_returns(
+    make_meter: MeterFactory, fake_stripe: Any
+) -> None:
     meter = make_meter(durable="sync")
     meter.record(_usage(1))
     stored = meter._outbox.query("SELECT identifier FROM events ORDER BY identifier")
-    assert stored == [("req-1:input",), ("req-1:output",)]
+    assert stored == [("req-1:input:token-billing-tokens",), ("req-1:output:token-billing-tokens",)]
     assert meter.flush(10)
     _assert_once(fake_stripe, 2)
 
 
-def test_queue_bound_spills_to_outbox_never_drops(make_meter: MeterFactory, fake_stripe: Any) -> None:
+def test_queue_bound_spills_to_outbox_never_drops(
+    make_meter: MeterFactory, fake_stripe: Any
+) -> None:
     meter = make_meter(max_queue=0)
     for i in range(20):
         meter.record(_usage(i))

@@ -58,7 +58,9 @@ def _drain(fake: Any, outbox: Path) -> TokenMeter:
 def _assert_each_once(fake: Any, n_calls: int) -> None:
     ids = Counter(fake.identifiers())
     assert [k for k, c in ids.items() if c > 1] == []
-    assert set(ids) == {f"call-{i}:{t}" for i in range(n_calls) for t in ("input", "output")}
+    assert set(ids) == {
+        f"call-{i}:{t}:token-billing-tokens" for i in range(n_calls) for t in ("input", "output")
+    }
 
 
 def test_sigkill_mid_delivery_then_next_process_delivers_rest(

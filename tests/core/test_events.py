@@ -40,7 +40,7 @@ def test_basic_events() -> None:
         "model": "openai/gpt-4o",
         "token_type": "input",
     }
-    assert [e.identifier for e in events] == ["run-1:input", "run-1:output"]
+    assert [e.identifier for e in events] == ["run-1:input:ev", "run-1:output:ev"]
 
 
 def test_detailed_events_sum_to_basic_total() -> None:
@@ -62,7 +62,8 @@ def test_payload_keys_configurable() -> None:
 
 def test_long_identifiers_are_hashed_deterministically() -> None:
     long_id = "x" * 200
-    a, b = make_identifier(long_id, "input"), make_identifier(long_id, "input")
+    a, b = make_identifier(long_id, "input", "ev"), make_identifier(long_id, "input", "ev")
     assert a == b and len(a) <= 100 and a.startswith("stm_")
-    assert make_identifier(long_id, "output") != a
-    assert make_identifier("r", "input") == "r:input"
+    assert make_identifier(long_id, "output", "ev") != a
+    assert make_identifier(long_id, "input", "other") != a
+    assert make_identifier("r", "input", "ev") == "r:input:ev"

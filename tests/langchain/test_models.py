@@ -53,7 +53,10 @@ def test_invoke_bills_once_with_run_id_identifiers(
     chat().invoke("hi", config=_cfg(handler, "cus_a", run_id=run_id))
     assert meter.flush(5)
     assert event_tuples(fake_stripe) == _one_call("cus_a")
-    assert sorted(fake_stripe.identifiers()) == [f"{run_id}:input", f"{run_id}:output"]
+    assert sorted(fake_stripe.identifiers()) == [
+        f"{run_id}:input:token-billing-tokens",
+        f"{run_id}:output:token-billing-tokens",
+    ]
     assert handler.open_runs == 0
 
 

@@ -132,7 +132,7 @@ def test_exit_right_after_calls(fake_stripe: Any, tmp_path: Path) -> None:
     assert report["late"], child.stdout
 
     def ids(calls_: range) -> set[str]:
-        return {f"{calls[i]}:{t}" for i in calls_ for t in ("input", "output")}
+        return {f"{calls[i]}:{t}:token-billing-tokens" for i in calls_ for t in ("input", "output")}
 
     # every event reached FakeStripe or an outbox; the late ones wait in outbox B
     rows_a, rows_b = _outbox_rows(outbox_a), _outbox_rows(outbox_b)
@@ -140,7 +140,9 @@ def test_exit_right_after_calls(fake_stripe: Any, tmp_path: Path) -> None:
     assert {i for i, _ in rows_b} == ids(range(5, 10))
     pending = {i for i, s in rows_a + rows_b if s == "pending"}
     assert set(fake_stripe.identifiers()) | pending == ids(range(10))
-    late_ids = {f"{rid}:{t}" for rid in report["late"] for t in ("input", "output")}
+    late_ids = {
+        f"{rid}:{t}:token-billing-tokens" for rid in report["late"] for t in ("input", "output")
+    }
     assert late_ids <= pending
 
     second = _run(SECOND, env, tmp_path)

@@ -151,6 +151,6 @@ def test_react_agent(usage_llm: Any, make_meter: Callable[..., Any], fake_stripe
     assert event_tuples(fake_stripe) == sorted(
         [(CUS, "openai/gpt-4o", "input", 30), (CUS, "openai/gpt-4o", "output", 6)] * 2
     )
-    assert len({i.rsplit(":", 1)[0] for i in fake_stripe.identifiers()}) == 2
+    assert len({i.rsplit(":", 2)[0] for i in fake_stripe.identifiers()}) == 2
     gc.collect()
     assert handler.tracked_spans == 0

@@ -83,7 +83,7 @@ def test_openai_shape_every_method(
         ]
     )
     # one request id per call: the outermost LLM span (chat runs complete inside)
-    request_ids = {i.rsplit(":", 1)[0] for i in fake_stripe.identifiers()}
+    request_ids = {i.rsplit(":", 2)[0] for i in fake_stripe.identifiers()}
     assert len(request_ids) == 1
     assert request_ids.pop().startswith(f"UsageLLM.{method}-")
     gc.collect()

@@ -101,7 +101,7 @@ def test_openai_exact_values(
     _run(_llm(srv, additional_kwargs=INCLUDE_USAGE), method)
     assert meter.flush(5)
     assert event_tuples(fake_stripe) == sorted(BASIC if token_types == "basic" else DETAILED)
-    assert len({i.rsplit(":", 1)[0] for i in fake_stripe.identifiers()}) == 1
+    assert len({i.rsplit(":", 2)[0] for i in fake_stripe.identifiers()}) == 1
     if "stream" in method:
         assert srv.requests[-1][1]["stream_options"] == {"include_usage": True}
     gc.collect()

@@ -35,9 +35,13 @@ class MeterEvent:
     payload: dict[str, str]
 
 
-def make_identifier(request_id: str, token_type: str) -> str:
-    """`<request_id>:<token_type>`, or a stable hash of it when over Stripe's 100 characters."""
-    ident = f"{request_id}:{token_type}"
+def make_identifier(request_id: str, token_type: str, event_name: str) -> str:
+    """`<request_id>:<token_type>:<event_name>`, hashed when over Stripe's 100 characters.
+
+    The event name is part of it because Stripe deduplicates identifiers across the
+    account: two meters billing the same call must not take each other for a duplicate.
+    """
+    ident = f"{request_id}:{token_type}:{event_name}"
     if len(ident) <= MAX_IDENTIFIER:
         return ident
     digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
@@ -83,7 +87,7 @@ def build_events(
         payload["token_type"] = token_type
         events.append(
             MeterEvent(
-                identifier=make_identifier(request_id, token_type),
+                identifier=make_identifier(request_id, token_type, event_name),
                 event_name=event_name,
                 timestamp=ts,
                 customer_id=customer_id,
