@@ -376,7 +376,7 @@ class TokenMeter:
         """Wait until everything recorded so far is delivered, dead-lettered or in the ledger."""
         deadline = time.monotonic() + timeout
         worker = self._worker
-        if worker is None and not self.closed and self._outbox.pending_count():
+        if worker is None and not self.closed and self._outbox.has_pending():
             worker = self._start_worker()  # e.g. a fresh process draining a crashed one's rows
         while True:
             if worker is not None and worker.alive:
@@ -386,7 +386,7 @@ class TokenMeter:
             if self._queue.empty():
                 with self._drain_lock:  # wait out a drain that took items but has not stored them
                     pass
-                if self.local or self._outbox.pending_count() == 0:
+                if self.local or not self._outbox.has_pending():
                     return True
             if time.monotonic() >= deadline:
                 return False

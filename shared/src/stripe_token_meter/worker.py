@@ -95,7 +95,7 @@ class Worker:
                 if stopping and not moved and not sent:
                     if transport is None or time.monotonic() >= self.deadline:
                         break
-                    if self._outbox.pending_count() == 0:
+                    if not self._outbox.has_pending():
                         break
                 if not moved and not sent:
                     await self._idle(stopping)
