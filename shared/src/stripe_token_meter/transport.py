@@ -8,6 +8,7 @@ without a key, events are written to the outbox already marked `local`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -36,7 +37,9 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=4096)
 def _iso(ts: int) -> str:
+    """RFC 3339 for the v2 stream; cached, as a backlog's events share their seconds."""
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
