@@ -306,11 +306,12 @@ class TokenMeter:
             if added < len(events):
                 self._count("duplicates", len(events) - added)
 
-    def _drain_queue(self, limit: int = 5000) -> int:
+    def _drain_queue(self, limit: int = 500) -> int:
         """Move queued records into the outbox (one transaction). Returns records moved.
 
         Holds `_drain_lock` from the first `get` to the commit, so `flush()` can tell
-        "queue empty" apart from "taken off the queue but not yet stored".
+        "queue empty" apart from "taken off the queue but not yet stored". Batches stay
+        small so a caller writing through (queue full) never waits long for the outbox.
         """
         events: list[MeterEvent] = []
         n = 0

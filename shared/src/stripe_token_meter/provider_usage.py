@@ -22,7 +22,7 @@ def field(obj: Any, key: str) -> Any:
     """`obj[key]` for mappings, `obj.key` for objects (pydantic, provider SDK types)."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or isinstance(obj, Mapping):  # the exact-type test skips the ABC check
         return obj.get(key)
     try:
         return getattr(obj, key, None)

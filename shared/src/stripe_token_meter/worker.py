@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("stripe_token_meter")
 
 IDLE_POLL = 0.02
+FLUSH_INTERVAL = 0.2
+"""Records wait in memory at most this long (the kill -9 window), unless flush() wakes us."""
+WAKE_AT_QUEUED = 1000
+"""...or this many are queued. Draining every small batch at once cost callers GIL time."""
 AUTH_PAUSE = 30.0
 
 
@@ -113,10 +117,10 @@ class Worker:
         return moved, sent
 
     async def _idle(self, stopping: bool) -> None:
-        end = time.monotonic() + (0.05 if stopping else 0.25)
+        end = time.monotonic() + (0.05 if stopping else FLUSH_INTERVAL)
         q = self._meter._queue
         while time.monotonic() < end:
-            if self.wake.is_set() or not q.empty():
+            if self.wake.is_set() or q.qsize() >= WAKE_AT_QUEUED:
                 break
             await anyio.sleep(IDLE_POLL)
         self.wake.clear()
