@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import platform
 import queue
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -472,3 +474,11 @@ def identifier(request_id: str, token_type: str = "input", event_name: str = EVE
         return str(make(request_id, token_type, event_name))
     except TypeError:  # older core: <request_id>:<token_type>
         return str(make(request_id, token_type))
+
+
+def request_id(tag: str, i: int) -> str:
+    """A reproducible, uniformly random-looking request id shaped like the run ids adapters
+    pass (LangChain run_id, LlamaIndex span uuid): random keys cost the outbox's unique
+    index far more than sequential ones, so benchmarks must not use `f"{tag}-{i}"`."""
+    digest = hashlib.blake2b(f"{tag}-{i}".encode(), digest_size=16).digest()
+    return str(uuid.UUID(bytes=digest))

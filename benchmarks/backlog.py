@@ -52,7 +52,9 @@ def one_run(n: int, tmp: Path, drain_timeout: float) -> dict[str, Any]:
     wall0 = time.time()
     with c.rss_sampler() as rss:
         t0 = time.perf_counter()
+        rid = c.request_id
         for i in range(n):
+            request_id = rid(tag, i)
             a = pc()
             meter.record(
                 counts="openai",
@@ -61,7 +63,7 @@ def one_run(n: int, tmp: Path, drain_timeout: float) -> dict[str, Any]:
                 prompt_tokens=values[i],
                 completion_tokens=0,
                 customer_id=customer,
-                request_id=f"{tag}-{i}",
+                request_id=request_id,
             )
             times[i] = min(pc() - a, 0xFFFFFFFF)
         t_recorded = time.perf_counter() - t0
@@ -86,7 +88,7 @@ def one_run(n: int, tmp: Path, drain_timeout: float) -> dict[str, Any]:
             total = c.summed_value(client, fake.meter_id, customer, start, end)
             sample = random.sample(range(n), min(100, n))
             held, missing = c.probe_held(
-                client, [c.identifier(f"{tag}-{i}") for i in sample], customer
+                client, [c.identifier(c.request_id(tag, i)) for i in sample], customer
             )
         finally:
             fake.stop()

@@ -83,7 +83,7 @@ def bench_record(report: c.Report, tmp: Path, runs: int, calls: int, burst: int)
         for form in ("usage", "openai") if run % 2 == 0 else ("openai", "usage"):
             samples: list[int] = []
             for b in range(calls // burst):
-                rids = [f"{form}-{run}-{b}-{i}" for i in range(burst)]
+                rids = [c.request_id(f"{form}-{run}-{b}", i) for i in range(burst)]
                 if form == "usage":
                     usages = [
                         Usage(

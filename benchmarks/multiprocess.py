@@ -40,6 +40,7 @@ def child(url: str, outbox: str, index: int, n: int, tag: str, timeout: float) -
     """One 'gunicorn worker': record n usages, flush, report as JSON on stdout."""
     meter = c.remote_meter({"api": url, "meter_events": url}, outbox)
     customer = f"cus_mp{tag}p{index}"
+    rids = [c.request_id(f"{tag}-p{index}", i) for i in range(n)]
     print("READY", flush=True)
     sys.stdin.readline()  # "go"
     t0 = time.perf_counter()
@@ -51,7 +52,7 @@ def child(url: str, outbox: str, index: int, n: int, tag: str, timeout: float) -
             prompt_tokens=1 + i % 3,
             completion_tokens=0,
             customer_id=customer,
-            request_id=f"{tag}-p{index}-{i}",
+            request_id=rids[i],
         )
     recorded = time.perf_counter() - t0
     ok = meter.flush(timeout=timeout)
@@ -144,7 +145,9 @@ def one_run(procs: int, n: int, tmp: Path, args: argparse.Namespace) -> dict[str
         reports = Counter(r["code"] for r in fake.error_reports)
         stream_requests = fake.requests[("POST", STREAM)]
         internal = len(fake.internal_errors)
-    expected = {c.identifier(f"{tag}-p{i}-{j}") for i in range(procs) for j in range(n)}
+    expected = {
+        c.identifier(c.request_id(f"{tag}-p{i}", j)) for i in range(procs) for j in range(n)
+    }
     with sqlite3.connect(outbox) as db:
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM events GROUP BY status"))
         attempts = db.execute("SELECT SUM(attempts > 0), MAX(attempts) FROM events").fetchone()

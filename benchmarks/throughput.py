@@ -52,6 +52,7 @@ def meter_run(
         fake.base_addresses, tmp / f"{api}-{tag}.sqlite3", api=api, concurrency=concurrency
     )
     values = [1 + i % 7 for i in range(n)]
+    rids = [c.request_id(tag, i) for i in range(n)]
     busy = c.BusyMeter()
     wall0 = time.time()
     t0 = time.perf_counter()
@@ -63,7 +64,7 @@ def meter_run(
             prompt_tokens=values[i],
             completion_tokens=0,
             customer_id=customer,
-            request_id=f"{tag}-{i}",
+            request_id=rids[i],
         )
     t1 = time.perf_counter()
     cpu0 = _cpu()
@@ -80,7 +81,7 @@ def meter_run(
     start, end = c.minute_window(wall0, time.time())
     total = c.summed_value(client, fake.meter_id, customer, start, end)
     sample = random.sample(range(n), min(PROBES, n))
-    held, missing = c.probe_held(client, [c.identifier(f"{tag}-{i}") for i in sample], customer)
+    held, missing = c.probe_held(client, [c.identifier(rids[i]) for i in sample], customer)
     return {
         "rate": n / (t2 - t0),
         "flush_rate": n / (t2 - t1),
