@@ -153,6 +153,7 @@ def main() -> int:
     report = c.Report("Backlog")
     results: list[dict[str, Any]] = []
     for run in range(runs):
+        c.wait_quiet(quick=quick)
         busy = c.BusyMeter()
         r = spawn(n, args.timeout or (120.0 if quick else 3600.0))
         r["busy"] = busy.fraction()

@@ -530,10 +530,13 @@ def main() -> int:
         if "record" in only:
             bench_record(report, tmp, runs, calls=2_000 if quick else 50_000, burst=1_000)
         if "langchain" in only:
+            c.wait_quiet(quick=quick)
             bench_langchain(report, tmp, runs, calls=100 if quick else 2_000)
         if "litellm" in only:
+            c.wait_quiet(quick=quick)
             bench_litellm(report, tmp, runs, calls=40 if quick else 2_000)
         if "llamaindex" in only:
+            c.wait_quiet(quick=quick)
             bench_llamaindex(report, tmp, runs, calls=100 if quick else 2_000)
     report.print_table()
     return 0 if report.ok else 1

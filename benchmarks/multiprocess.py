@@ -202,6 +202,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="stm-bench-") as d:
         for run in range(runs):
+            c.wait_quiet(quick=quick)
             r = one_run(args.procs, n, Path(d), args)
             results.append(r)
             print(

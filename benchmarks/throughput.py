@@ -154,13 +154,16 @@ async def _raw_post(fake: c.FakeStripeProcess, api: str, n: int, concurrency: in
     return n / (time.perf_counter() - t0)
 
 
-def bench_api(report: c.Report, api: str, n: int, runs: int, tmp: Path, conc: int) -> None:
+def bench_api(
+    report: c.Report, api: str, n: int, runs: int, tmp: Path, conc: int, quick: bool
+) -> None:
     print(f"-- {api}: {n:,} events per run, {runs} runs, {conc} requests in flight", flush=True)
     results: list[dict[str, Any]] = []
     raw: list[float] = []
     with c.FakeStripeProcess() as fake:
         print(f"  FakeStripe (own process) at {fake.url}, meter {fake.meter_id}", flush=True)
         for run in range(runs):
+            c.wait_quiet(quick=quick)
             raw.append(asyncio.run(_raw_post(fake, api, n, conc)))
             res = meter_run(fake, api, n, tmp, conc)
             results.append(res)
@@ -258,7 +261,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="stm-bench-") as d:
         for api in args.api or ["v2", "v1"]:
             conc = args.v2_concurrency if api == "v2" else args.v1_concurrency
-            bench_api(report, api, sizes[api], runs, Path(d), conc)
+            bench_api(report, api, sizes[api], runs, Path(d), conc, quick)
     report.print_table()
     return 0 if report.ok else 1
 
