@@ -87,3 +87,28 @@ def test_no_usage_is_none(raw: Any) -> None:
 
 def test_malformed_counts_are_passed_on_for_the_core_to_reject() -> None:
     assert read_usage({"prompt_tokens": "many"}) == ("openai", {"prompt_tokens": "many"})
+
+
+def test_any_mapping_and_objects_whose_properties_raise() -> None:
+    from collections import UserDict
+
+    assert read_usage(UserDict(ANTHROPIC)) == read_usage(ANTHROPIC)
+
+    class Flaky:
+        prompt_tokens = 10
+
+        @property
+        def completion_tokens(self) -> int:
+            raise RuntimeError("not loaded")
+
+    assert read_usage(Flaky()) == ("openai", {"prompt_tokens": 10})
+
+
+def test_shapes_are_told_apart_in_a_fixed_order() -> None:
+    # A report carrying Gemini's counts is read as Gemini's, then OpenAI chat, then
+    # input/output; fields of the other shapes are ignored.
+    assert read_usage({**GEMINI, "prompt_tokens": 1, "input_tokens": 1}) == read_usage(GEMINI)
+    assert read_usage({**OPENAI, "input_tokens": 1}) == read_usage(OPENAI)
+    # Only the counts reported are returned (a stream's partial reports merge).
+    assert read_usage({"completion_tokens": 5}) == ("openai", {"completion_tokens": 5})
+    assert read_usage({"candidates_token_count": 5}) == ("openai", {"completion_tokens": 5})

@@ -10,12 +10,14 @@ fills the rest with 0 and validates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 Counts = Literal["openai", "anthropic"]
 UsageReport = tuple[Counts, dict[str, Any]]
 """`(counts, fields)`: `meter.record(counts=counts, **fields, ...)`."""
+
+_NOT_USAGE = (str, bytes, int, float)
 
 
 def field(obj: Any, key: str) -> Any:
@@ -28,12 +30,6 @@ def field(obj: Any, key: str) -> Any:
         return getattr(obj, key, None)
     except Exception:  # a property that raises: treat as absent
         return None
-
-
-def _count(value: Any) -> Any:
-    """A reported count as is (None when absent): the core validates it, and dead-letters a
-    malformed one with its reason instead of it being mistaken for "no usage"."""
-    return value
 
 
 def _sum(a: Any, b: Any) -> Any:
@@ -51,92 +47,96 @@ def _sum(a: Any, b: Any) -> Any:
     return b if isinstance(a, numeric) and not isinstance(a, bool) else a
 
 
-def _first(*values: Any) -> Any:
-    for value in values:
-        value = _count(value)
-        if value is not None:
-            return value
-    return None
+def _getter(usage: Any) -> Callable[[str], Any] | None:
+    """`field(usage, key)` as a one-argument function, the type test done once per report."""
+    if type(usage) is dict:
+        return usage.get
+    if isinstance(usage, _NOT_USAGE):
+        return None
+    if isinstance(usage, Mapping):
+        return usage.get
+
+    def attr(key: str) -> Any:
+        try:
+            return getattr(usage, key, None)
+        except Exception:  # a property that raises: treat as absent
+            return None
+
+    return attr
 
 
-def _put(out: dict[str, Any], key: str, value: Any) -> None:
-    value = _count(value)
-    if value is not None:
-        out[key] = value
-
-
-def _gemini(usage: Any) -> UsageReport | None:
+def _gemini(get: Callable[[str], Any], prompt: Any, candidates: Any) -> UsageReport:
     # `usage_metadata`: prompt_token_count includes cached content; thoughts are billed as
     # output but reported apart from candidates; tool-use prompts are input.
-    prompt = _count(field(usage, "prompt_token_count"))
-    candidates = _count(field(usage, "candidates_token_count"))
-    if prompt is None and candidates is None:
-        return None
     out: dict[str, Any] = {}
-    thoughts = _count(field(usage, "thoughts_token_count"))
-    tool_prompt = _count(field(usage, "tool_use_prompt_token_count"))
-    _put(out, "prompt_tokens", _sum(prompt, tool_prompt))
-    _put(out, "completion_tokens", _sum(candidates, thoughts))
-    _put(out, "cached_tokens", field(usage, "cached_content_token_count"))
-    _put(out, "reasoning_tokens", thoughts)
+    thoughts = get("thoughts_token_count")
+    value = _sum(prompt, get("tool_use_prompt_token_count"))
+    if value is not None:
+        out["prompt_tokens"] = value
+    value = _sum(candidates, thoughts)
+    if value is not None:
+        out["completion_tokens"] = value
+    value = get("cached_content_token_count")
+    if value is not None:
+        out["cached_tokens"] = value
+    if thoughts is not None:
+        out["reasoning_tokens"] = thoughts
     return "openai", out
 
 
-def _openai_chat(usage: Any) -> UsageReport | None:
+def _openai_chat(get: Callable[[str], Any], prompt: Any, completion: Any) -> UsageReport:
     # Chat Completions and every OpenAI-compatible server (LiteLLM for all providers):
     # prompt_tokens include cache reads and writes, completion_tokens include reasoning.
-    prompt = _count(field(usage, "prompt_tokens"))
-    completion = _count(field(usage, "completion_tokens"))
-    if prompt is None and completion is None:
-        return None
-    details = field(usage, "prompt_tokens_details")
     out: dict[str, Any] = {}
-    _put(out, "prompt_tokens", prompt)
-    _put(out, "completion_tokens", completion)
-    _put(
-        out,
-        "cached_tokens",
-        _first(field(details, "cached_tokens"), field(usage, "cache_read_input_tokens")),
-    )
-    _put(
-        out,
-        "cache_write_tokens",
-        _first(
-            field(usage, "cache_creation_input_tokens"),
-            field(details, "cache_creation_tokens"),
-            field(details, "cache_write_tokens"),
-        ),
-    )
-    _put(
-        out,
-        "reasoning_tokens",
-        field(field(usage, "completion_tokens_details"), "reasoning_tokens"),
-    )
+    if prompt is not None:
+        out["prompt_tokens"] = prompt
+    if completion is not None:
+        out["completion_tokens"] = completion
+    details = get("prompt_tokens_details")
+    value = field(details, "cached_tokens")
+    if value is None:
+        value = get("cache_read_input_tokens")
+    if value is not None:
+        out["cached_tokens"] = value
+    value = get("cache_creation_input_tokens")
+    if value is None and details is not None:
+        value = field(details, "cache_creation_tokens")
+        if value is None:
+            value = field(details, "cache_write_tokens")
+    if value is not None:
+        out["cache_write_tokens"] = value
+    details = get("completion_tokens_details")
+    if details is not None:
+        value = field(details, "reasoning_tokens")
+        if value is not None:
+            out["reasoning_tokens"] = value
     return "openai", out
 
 
-def _input_output(usage: Any) -> UsageReport | None:
-    if (
-        _count(field(usage, "input_tokens")) is None
-        and _count(field(usage, "output_tokens")) is None
-    ):
-        return None
+def _input_output(get: Callable[[str], Any], inp: Any, output: Any) -> UsageReport:
     out: dict[str, Any] = {}
-    input_details = field(usage, "input_tokens_details")
-    output_details = field(usage, "output_tokens_details")
+    input_details = get("input_tokens_details")
+    output_details = get("output_tokens_details")
     if input_details is not None or output_details is not None:
         # OpenAI Responses API: input_tokens/output_tokens, inclusive like chat.
-        _put(out, "prompt_tokens", field(usage, "input_tokens"))
-        _put(out, "completion_tokens", field(usage, "output_tokens"))
+        _put(out, "prompt_tokens", inp)
+        _put(out, "completion_tokens", output)
         _put(out, "cached_tokens", field(input_details, "cached_tokens"))
         _put(out, "reasoning_tokens", field(output_details, "reasoning_tokens"))
         return "openai", out
     # Anthropic Messages: input_tokens exclude cache reads and cache writes.
-    _put(out, "input_tokens", field(usage, "input_tokens"))
-    _put(out, "output_tokens", field(usage, "output_tokens"))
-    _put(out, "cache_read_input_tokens", field(usage, "cache_read_input_tokens"))
-    _put(out, "cache_creation_input_tokens", field(usage, "cache_creation_input_tokens"))
+    _put(out, "input_tokens", inp)
+    _put(out, "output_tokens", output)
+    _put(out, "cache_read_input_tokens", get("cache_read_input_tokens"))
+    _put(out, "cache_creation_input_tokens", get("cache_creation_input_tokens"))
     return "anthropic", out
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    # Counts are passed on as reported (None: absent): the core validates them, and
+    # dead-letters a malformed one with its reason instead of it being taken for "no usage".
+    if value is not None:
+        out[key] = value
 
 
 def read_usage(usage: Any) -> UsageReport | None:
@@ -150,6 +150,20 @@ def read_usage(usage: Any) -> UsageReport | None:
     >>> read_usage("not usage") is None
     True
     """
-    if usage is None or isinstance(usage, (str, bytes, int, float)):
+    if usage is None:
         return None
-    return _gemini(usage) or _openai_chat(usage) or _input_output(usage)
+    get = _getter(usage)
+    if get is None:
+        return None
+    # The shapes are told apart by their two main counts, in this order (a report that has
+    # Gemini's is Gemini's, whatever else it has).
+    a, b = get("prompt_token_count"), get("candidates_token_count")
+    if a is not None or b is not None:
+        return _gemini(get, a, b)
+    a, b = get("prompt_tokens"), get("completion_tokens")
+    if a is not None or b is not None:
+        return _openai_chat(get, a, b)
+    a, b = get("input_tokens"), get("output_tokens")
+    if a is not None or b is not None:
+        return _input_output(get, a, b)
+    return None
