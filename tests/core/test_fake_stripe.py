@@ -7,6 +7,7 @@ fake itself is pinned to the SDK's request encoding and error mapping here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -386,6 +387,84 @@ def test_rate_limit_per_second_and_latency(fake: FakeStripe, client: stripe.Stri
     started = time.perf_counter()
     client.v1.customers.list()
     assert time.perf_counter() - started >= 0.05
+
+
+def test_fail_every_and_drop_every(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    fake.fail_every(2, (429, 500), retry_after=3.0, path_prefix="/v1/billing/meter_events")
+    outcomes: list[str] = []
+    for i in range(6):
+        client.v1.customers.list()  # other paths are neither counted nor failed
+        try:
+            client.v1.billing.meter_events.create(
+                {"event_name": EVENT, "identifier": f"f{i}", "payload": payload()}
+            )
+            outcomes.append("ok")
+        except stripe.RateLimitError as exc:
+            assert exc.headers is not None and exc.headers["Retry-After"] == "3"
+            outcomes.append("429")
+        except stripe.APIError as exc:
+            assert exc.http_status == 500
+            assert exc.headers is None or "Retry-After" not in exc.headers
+            outcomes.append("500")
+    assert outcomes == ["ok", "429", "ok", "500", "ok", "429"]
+    assert fake.identifiers() == ["f0", "f2", "f4"]
+
+    fake.fail_next(1, status=503)  # one-shot faults win, but the request still counts
+    with pytest.raises(stripe.APIError) as info:
+        client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload()})
+    assert info.value.http_status == 503
+    with pytest.raises(stripe.APIError) as info:  # 8th matching request: 500 (turn of 500)
+        client.v1.billing.meter_events.create({"event_name": EVENT, "payload": payload()})
+    assert info.value.http_status == 500
+
+    fake.clear_faults()
+    fake.drop_every(2, after_processing=True)
+    params: Any = {"event_name": EVENT, "identifier": "g", "payload": payload()}
+    client.v1.customers.list()
+    with pytest.raises(stripe.APIConnectionError):  # processed, answer lost
+        client.v1.billing.meter_events.create(params)
+    with pytest.raises(stripe.InvalidRequestError, match="already exists"):
+        client.v1.billing.meter_events.create(params)
+    assert fake.identifiers()[-1] == "g"
+    fake.reset()  # forgets standing faults too
+    for _ in range(4):
+        client.v1.customers.list()
+    with pytest.raises(ValueError):
+        fake.fail_every(0)
+    with pytest.raises(ValueError):
+        fake.fail_every(1, status=200)
+
+
+def test_identifier_counts(fake: FakeStripe, client: stripe.StripeClient) -> None:
+    for ident in ("a", "b", "a", "a"):
+        with contextlib.suppress(stripe.InvalidRequestError):
+            client.v1.billing.meter_events.create(
+                {"event_name": EVENT, "identifier": ident, "payload": payload()}
+            )
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    stream(client, token, [*v2_events(2, prefix="a"), *v2_events(1, prefix="v")])  # a0 a1 v0
+    stream(client, token, v2_events(1, prefix="v"))  # v0 again: reported, not a 400
+    client.v1.billing.meter_event_adjustments.create(
+        {"event_name": EVENT, "type": "cancel", "cancel": {"identifier": "b"}}
+    )
+    with contextlib.suppress(stripe.InvalidRequestError):  # no meter: not recorded, then dup
+        for _ in range(2):
+            client.v1.billing.meter_events.create(
+                {"event_name": "other", "identifier": "x", "payload": payload()}
+            )
+    assert fake.identifier_counts() == {
+        "accepted": 5,
+        "duplicates": 4,
+        "cancelled": 1,
+        "identifiers": {
+            "a": {"accepted": 1, "duplicates": 2, "cancelled": False},
+            "b": {"accepted": 1, "duplicates": 0, "cancelled": True},
+            "a0": {"accepted": 1, "duplicates": 0, "cancelled": False},
+            "a1": {"accepted": 1, "duplicates": 0, "cancelled": False},
+            "v0": {"accepted": 1, "duplicates": 1, "cancelled": False},
+            "x": {"accepted": 0, "duplicates": 1, "cancelled": False},
+        },
+    }
 
 
 def test_reset_keeps_customers_and_meters(fake: FakeStripe, client: stripe.StripeClient) -> None:

@@ -16,7 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from stripe_token_meter.testing._wire import Response, invalid, server_error
+from stripe_token_meter.testing._wire import TEST_ONLY_PREFIX, Response, invalid, server_error
 
 if TYPE_CHECKING:
     from stripe_token_meter.testing.fake_stripe import FakeStripe
@@ -64,7 +64,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         latency = fake.latency
-        if latency > 0:
+        if latency > 0 and not self.path.startswith(TEST_ONLY_PREFIX):
             time.sleep(latency)
         response: Response | None
         try:

@@ -17,6 +17,9 @@ ApiVersion = Literal["v1", "v2"]
 Response = tuple[int, bytes, list[tuple[str, str]]]
 """(status, JSON body, extra headers) as handed to the HTTP layer."""
 
+TEST_ONLY_PREFIX = "/_fake/"
+"""FakeStripe's own endpoints (``GET /_fake/identifiers``): no auth, faults, latency, counts."""
+
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _NO_LISTIFY = frozenset({"payload", "metadata"})
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from json import JSONDecodeError, loads
@@ -55,6 +55,7 @@ from urllib.parse import unquote
 
 from stripe_token_meter.testing._server import Server
 from stripe_token_meter.testing._wire import (
+    TEST_ONLY_PREFIX,
     ApiError,
     ApiVersion,
     Response,
@@ -81,7 +82,7 @@ from stripe_token_meter.testing._wire import (
 if TYPE_CHECKING:
     import stripe
 
-__all__ = ["AcceptedEvent", "FakeStripe"]
+__all__ = ["TEST_ONLY_PREFIX", "AcceptedEvent", "FakeStripe"]
 
 DAY = 86_400
 PAST_LIMIT_SECONDS = 35 * DAY
@@ -135,6 +136,20 @@ class _Fault:
     retry_after: float | None
     path_prefix: str | None
     after_processing: bool
+
+
+@dataclass
+class _Periodic:
+    """A standing fault: every ``every``-th matching request (``fail_every``/``drop_every``)."""
+
+    kind: Literal["fail", "drop"]
+    every: int
+    statuses: tuple[int, ...]
+    retry_after: float | None
+    path_prefix: str | None
+    after_processing: bool
+    seen: int = 0
+    fired: int = 0
 
 
 class _Meter:
@@ -262,6 +277,8 @@ class FakeStripe:
         self._error_reports: list[dict[str, Any]] = []
         self._requests: Counter[tuple[str, str]] = Counter()
         self._faults: list[_Fault] = []
+        self._periodic: list[_Periodic] = []
+        self._duplicates: Counter[str] = Counter()
         self._rate: dict[str, list[int]] = {}
         self._idempotency: dict[str, tuple[str, int, Response]] = {}
         self._internal_errors: list[BaseException] = []
@@ -433,6 +450,44 @@ class FakeStripe:
         """Identifiers of accepted events, in order; handy for exactly-once assertions."""
         return [e.identifier for e in self.events(include_cancelled=include_cancelled)]
 
+    def identifier_counts(self) -> dict[str, Any]:
+        """How often each identifier was accepted and refused as a duplicate (JSON-ready).
+
+        ``{"accepted": A, "duplicates": D, "cancelled": C, "identifiers": {id: {"accepted":
+        a, "duplicates": d, "cancelled": bool}}}``: ``accepted`` counts events recorded (as
+        ``events(include_cancelled=True)`` lists them; events with no meter are not
+        recorded), ``duplicates`` counts events refused because the identifier was seen in
+        the last 24 h (v1/v2 400s and v2 stream ``duplicate_meter_event`` reports).
+        Accepted identifiers come first in acceptance order, then duplicate-only ones.
+        Idempotent replays (same ``Idempotency-Key``) count as neither. This is what
+        ``GET /_fake/identifiers`` answers.
+        """
+        with self._lock:
+            cancelled = self._cancelled
+            out: dict[str, dict[str, Any]] = {}
+            for e in self._events:
+                entry = out.get(e.identifier)
+                if entry is None:
+                    out[e.identifier] = {
+                        "accepted": 1,
+                        "duplicates": 0,
+                        "cancelled": e.identifier in cancelled,
+                    }
+                else:
+                    entry["accepted"] += 1
+            for identifier, n in self._duplicates.items():
+                entry = out.get(identifier)
+                if entry is None:
+                    out[identifier] = {"accepted": 0, "duplicates": n, "cancelled": False}
+                else:
+                    entry["duplicates"] = n
+            return {
+                "accepted": len(self._events),
+                "duplicates": sum(self._duplicates.values()),
+                "cancelled": sum(1 for v in out.values() if v["cancelled"]),
+                "identifiers": out,
+            }
+
     def cancelled_identifiers(self) -> set[str]:
         """Identifiers cancelled through meter event adjustments."""
         with self._lock:
@@ -491,10 +546,45 @@ class FakeStripe:
         with self._lock:
             self._faults.append(_Fault("drop", n, 0, None, path_prefix, after_processing))
 
+    def fail_every(
+        self,
+        n: int,
+        status: int | Sequence[int] = 429,
+        retry_after: float | None = 1.0,
+        path_prefix: str | None = None,
+    ) -> None:
+        """From now on answer every ``n``-th matching request with an error, unprocessed.
+
+        Requests are counted from this call on (any method; paths starting with
+        ``path_prefix`` if given, including requests other faults answer): the ``n``-th,
+        ``2n``-th, ... fail. Several statuses are used in turn: ``status=(429, 500)`` fails
+        the ``n``-th with 429, the ``2n``-th with 500, the ``3n``-th with 429 again.
+        ``Retry-After`` as for ``fail_next``. Lasts until ``clear_faults()`` or ``reset()``;
+        ``fail_next``/``drop_next`` faults take precedence when both match a request.
+        """
+        statuses = (status,) if isinstance(status, int) else tuple(status)
+        if n < 1 or not statuses or not all(400 <= s <= 599 for s in statuses):
+            raise ValueError("fail_every needs n >= 1 and statuses in 400..599")
+        with self._lock:
+            self._periodic.append(_Periodic("fail", n, statuses, retry_after, path_prefix, False))
+
+    def drop_every(
+        self, n: int, path_prefix: str | None = None, *, after_processing: bool = False
+    ) -> None:
+        """From now on close the socket of every ``n``-th matching request without answering.
+
+        Counted like ``fail_every``; ``after_processing`` as for ``drop_next``.
+        """
+        if n < 1:
+            raise ValueError("drop_every needs n >= 1")
+        with self._lock:
+            self._periodic.append(_Periodic("drop", n, (), None, path_prefix, after_processing))
+
     def clear_faults(self) -> None:
-        """Forget pending ``fail_next``/``drop_next`` faults."""
+        """Forget pending ``fail_next``/``drop_next`` and standing ``*_every`` faults."""
         with self._lock:
             self._faults.clear()
+            self._periodic.clear()
 
     def expire_sessions(self) -> None:
         """Expire every v2 session token issued so far (new sessions are unaffected)."""
@@ -515,6 +605,8 @@ class FakeStripe:
     def _serve(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response | None:
         """Answer one HTTP request; None means 'drop the connection without answering'."""
         path, _, query = raw_path.partition("?")
+        if path.startswith(TEST_ONLY_PREFIX):
+            return self._serve_test_only(method, path)
         api: ApiVersion = "v2" if path.startswith("/v2/") else "v1"
         resolved = _resolve(method, path)
         params: dict[str, Any] = {}
@@ -530,7 +622,7 @@ class FakeStripe:
         drop = False
         with self._lock:
             self._requests[(method, path)] += 1
-            if self._faults:
+            if self._faults or self._periodic:
                 fault = self._take_fault(path)
                 if fault is not None:
                     if fault.kind == "fail":
@@ -577,14 +669,36 @@ class FakeStripe:
         with self._lock:
             self._internal_errors.append(exc)
 
+    def _serve_test_only(self, method: str, path: str) -> Response:
+        """FakeStripe's own endpoints for other processes; never faulted, counted or authed."""
+        if path == TEST_ONLY_PREFIX + "identifiers":
+            if method != "GET":
+                return invalid(f"Use GET for {path}.", status=405).render("v1")
+            return 200, dumps(self.identifier_counts()), []
+        return invalid(
+            f"Unrecognized FakeStripe test-only URL ({method}: {path}); "
+            f"known: GET {TEST_ONLY_PREFIX}identifiers.",
+            status=404,
+        ).render("v1")
+
     def _take_fault(self, path: str) -> _Fault | None:
+        due: _Fault | None = None
+        for rule in self._periodic:  # every matching request counts, fired or not
+            if rule.path_prefix is None or path.startswith(rule.path_prefix):
+                rule.seen += 1
+                if rule.seen % rule.every == 0 and due is None:
+                    status = rule.statuses[rule.fired % len(rule.statuses)] if rule.statuses else 0
+                    rule.fired += 1
+                    due = _Fault(
+                        rule.kind, 0, status, rule.retry_after, None, rule.after_processing
+                    )
         for i, fault in enumerate(self._faults):
             if fault.path_prefix is None or path.startswith(fault.path_prefix):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     del self._faults[i]
                 return fault
-        return None
+        return due
 
     def _check_rate(self, path: str, now: float, limit: int) -> None:
         second = int(now)
@@ -663,6 +777,7 @@ class FakeStripe:
                 )
             seen = self._seen.get(identifier)
             if seen is not None and now - seen[0] < DEDUP_WINDOW_SECONDS:
+                self._duplicates[identifier] += 1
                 return _duplicate(identifier)
             self._seen[identifier] = (now, None)
             self._error_reports.append(
@@ -715,6 +830,7 @@ class FakeStripe:
             )
         seen = self._seen.get(identifier)
         if seen is not None and now - seen[0] < DEDUP_WINDOW_SECONDS:
+            self._duplicates[identifier] += 1
             return _duplicate(identifier)
         event = AcceptedEvent(event_name, identifier, payload, timestamp, api, customer, value)
         self._seen[identifier] = (now, event)
