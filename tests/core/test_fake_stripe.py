@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -699,3 +700,266 @@ def test_standalone_main() -> None:
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "2 events accepted" in err
+
+
+# ---------------------------------------------------------------------------- standalone flags
+
+
+@dataclass
+class Standalone:
+    url: str
+    proc: subprocess.Popen[str]
+    banner: list[str]
+    """Lines printed at start-up, up to and including ``identifiers_url=``."""
+
+
+@contextlib.contextmanager
+def standalone(*flags: str) -> Iterator[Standalone]:
+    """`python -m stripe_token_meter.testing` on a free 127.0.0.1 port.
+
+    Stopped with SIGTERM on exit; the test may already have stopped it.
+    """
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stripe_token_meter.testing",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--meter",
+            EVENT,
+            "--customer",
+            "cus_1",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = ""
+        banner: list[str] = []
+        for line in proc.stdout:  # identifiers_url= is the last line printed at start-up
+            banner.append(line.rstrip("\n"))
+            if line.startswith("url="):
+                url = line.strip().removeprefix("url=")
+            if line.startswith("identifiers_url="):
+                assert line.strip() == f"identifiers_url={url}/_fake/identifiers"
+                break
+        assert url.startswith("http://127.0.0.1:"), proc.communicate(timeout=10)
+        yield Standalone(url, proc, banner)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+
+
+def sdk(url: str) -> stripe.StripeClient:
+    """The real SDK, no retries, so every injected fault surfaces."""
+    return stripe.StripeClient(
+        "sk_test_standalone",
+        base_addresses={"api": url, "meter_events": url},
+        http_client=stripe.RequestsClient(),
+        max_network_retries=0,
+    )
+
+
+def fetch_identifiers(url: str) -> Any:
+    with urllib.request.urlopen(url + "/_fake/identifiers", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.read())
+
+
+def send_v1(client: stripe.StripeClient, identifier: str) -> str:
+    """Post one v1 meter event; returns "ok" or the failure as "429 Retry-After=1"/"500"/..."""
+    try:
+        client.v1.billing.meter_events.create(
+            {"event_name": EVENT, "identifier": identifier, "payload": payload()}
+        )
+    except stripe.APIConnectionError:
+        return "dropped"
+    except stripe.StripeError as exc:
+        retry_after = (exc.headers or {}).get("Retry-After")
+        status = str(exc.http_status)
+        return status if retry_after is None else f"{status} Retry-After={retry_after}"
+    return "ok"
+
+
+def test_standalone_fail_every_2_with_429_and_retry_after() -> None:
+    with standalone("--fail-every", "2", "--fail-status", "429", "--retry-after", "3") as server:
+        url, proc = server.url, server.proc
+        client = sdk(url)
+        outcomes = [send_v1(client, f"e{i}") for i in range(6)]
+        assert outcomes == ["ok", "429 Retry-After=3"] * 3
+        assert fetch_identifiers(url)["identifiers"] == {
+            f"e{i}": {"accepted": 1, "duplicates": 0, "cancelled": False} for i in (0, 2, 4)
+        }
+        # GET /_fake/identifiers is not counted: the 7th request passes, the 8th fails
+        with pytest.raises(stripe.RateLimitError) as info:
+            client.v1.customers.list()
+            client.v1.customers.list()
+        assert info.value.http_status == 429
+        assert info.value.headers is not None and info.value.headers["Retry-After"] == "3"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "fault fail every 2 requests with 429 (Retry-After on 429/503: 3)" in server.banner
+    assert "3 events accepted" in err
+
+
+def test_standalone_fail_statuses_in_turn_on_one_path() -> None:
+    flags = ["--fail-every", "2", "--fail-status", "429,500,503", "--retry-after", "none"]
+    with standalone(*flags, "--fault-path", "/v1/billing/meter_events") as server:
+        url = server.url
+        client = sdk(url)
+        outcomes = []
+        for i in range(6):
+            client.v1.customers.list()  # not under --fault-path: never failed, not counted
+            outcomes.append(send_v1(client, f"e{i}"))
+        assert outcomes == ["ok", "429", "ok", "500", "ok", "503"]
+        assert list(fetch_identifiers(url)["identifiers"]) == ["e0", "e2", "e4"]
+
+
+def test_standalone_drop_every_after_processing_and_duplicate_counts() -> None:
+    flags = ["--drop-every", "2", "--drop-after-processing"]
+    with standalone(*flags, "--fault-path", "/v1/billing/meter_events") as server:
+        url = server.url
+        client = sdk(url)
+        outcomes = [send_v1(client, i) for i in ("d0", "d1", "d1", "d2", "d0", "d3")]
+        # requests 2, 4, 6 lose their answer after being accepted: resending d1 is a duplicate
+        assert outcomes == ["ok", "dropped", "400", "dropped", "400", "dropped"]
+        assert fetch_identifiers(url) == {
+            "accepted": 4,
+            "duplicates": 2,
+            "cancelled": 0,
+            "identifiers": {
+                "d0": {"accepted": 1, "duplicates": 1, "cancelled": False},
+                "d1": {"accepted": 1, "duplicates": 1, "cancelled": False},
+                "d2": {"accepted": 1, "duplicates": 0, "cancelled": False},
+                "d3": {"accepted": 1, "duplicates": 0, "cancelled": False},
+            },
+        }
+
+
+def test_standalone_drop_every_before_processing() -> None:
+    with standalone("--drop-every", "3") as server:
+        url = server.url
+        client = sdk(url)
+        outcomes = [send_v1(client, i) for i in ("a", "b", "c", "c", "d", "e")]
+        assert outcomes == ["ok", "ok", "dropped", "ok", "ok", "dropped"]
+        assert list(fetch_identifiers(url)["identifiers"]) == ["a", "b", "c", "d"]
+
+
+def test_standalone_latency_delays_every_answer() -> None:
+    with standalone("--latency", "0.4") as server:
+        url = server.url
+        client = sdk(url)
+        for _ in range(3):
+            started = time.perf_counter()
+            client.v1.customers.list()
+            assert time.perf_counter() - started >= 0.4
+        started = time.perf_counter()
+        assert send_v1(client, "slow") == "ok"
+        assert time.perf_counter() - started >= 0.4
+
+
+def test_standalone_rate_limit_and_session_ttl() -> None:
+    with standalone("--rate-limit", "2", "--session-ttl", "1") as server:
+        url = server.url
+        client = sdk(url)
+        with pytest.raises(stripe.RateLimitError) as info:
+            for _ in range(5):  # <= 2 per wall-clock second per path
+                client.v1.customers.list()
+        assert info.value.headers is not None and info.value.headers["Retry-After"] == "1"
+        session = client.v2.billing.meter_event_session.create()
+        assert session.expires_at is not None
+        expires = time.mktime(time.strptime(session.expires_at[:19], "%Y-%m-%dT%H:%M:%S"))
+        created = time.mktime(time.strptime(session.created[:19], "%Y-%m-%dT%H:%M:%S"))
+        assert expires - created == 1
+        stream(client, session.authentication_token, v2_events(1))
+        time.sleep(1.2)
+        with pytest.raises(stripe.TemporarySessionExpiredError):
+            stream(client, session.authentication_token, v2_events(1, prefix="late"))
+
+
+def test_standalone_identifiers_endpoint_lists_exactly_what_was_sent() -> None:
+    with standalone("--auto-customers") as server:
+        url = server.url
+        assert fetch_identifiers(url) == {
+            "accepted": 0,
+            "duplicates": 0,
+            "cancelled": 0,
+            "identifiers": {},
+        }
+        client = sdk(url)
+        sent = [f"id-{i}" for i in range(20)]
+        for ident in sent:
+            assert send_v1(client, ident) == "ok"
+        token = client.v2.billing.meter_event_session.create().authentication_token
+        stream(client, token, v2_events(3, prefix="v"))
+        stream(client, token, v2_events(2, prefix="v"))  # both duplicates (reported, 200)
+        assert send_v1(client, "id-0") == "400"
+        client.v1.billing.meter_event_adjustments.create(
+            {"event_name": EVENT, "type": "cancel", "cancel": {"identifier": "id-5"}}
+        )
+        got = fetch_identifiers(url)
+        assert list(got["identifiers"]) == [*sent, "v0", "v1", "v2"]
+        assert (got["accepted"], got["duplicates"], got["cancelled"]) == (23, 3, 1)
+        assert got["identifiers"]["id-0"] == {"accepted": 1, "duplicates": 1, "cancelled": False}
+        assert got["identifiers"]["id-5"]["cancelled"] is True
+        assert got["identifiers"]["v1"] == {"accepted": 1, "duplicates": 1, "cancelled": False}
+
+        # test-only routes need no key; other methods and paths under /_fake/ are refused
+        post = urllib.request.Request(url + "/_fake/identifiers", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as http_info:
+            urllib.request.urlopen(post, timeout=10)
+        assert http_info.value.code == 405
+        with pytest.raises(urllib.error.HTTPError) as http_info:
+            urllib.request.urlopen(url + "/_fake/nope", timeout=10)
+        assert http_info.value.code == 404
+        assert "identifiers" in json.loads(http_info.value.read())["error"]["message"]
+
+
+def test_standalone_dump_identifiers_on_exit(tmp_path: Any) -> None:
+    dump = tmp_path / "ids.json"
+    with standalone("--dump-identifiers", str(dump)) as server:
+        url, proc = server.url, server.proc
+        client = sdk(url)
+        for ident in ("x", "y", "x"):
+            send_v1(client, ident)
+        live = fetch_identifiers(url)
+        assert not dump.exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert f"identifiers written to {dump}" in err
+    assert json.loads(dump.read_text()) == live
+    assert live["identifiers"] == {
+        "x": {"accepted": 1, "duplicates": 1, "cancelled": False},
+        "y": {"accepted": 1, "duplicates": 0, "cancelled": False},
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fail-every", "0"], "expected a whole number >= 1"),
+        (["--fail-every", "2", "--fail-status", "200"], "statuses must be 400-599"),
+        (["--latency", "-1"], "expected seconds >= 0"),
+        (["--drop-after-processing"], "--drop-after-processing needs --drop-every N"),
+        (["--fault-path", "/v1/"], "--fault-path needs --fail-every N or --drop-every N"),
+    ],
+)
+def test_standalone_rejects_bad_fault_flags(flags: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "stripe_token_meter.testing", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..testing import _options
 from ._config import load_config
 from ._errors import CliError
 
@@ -20,7 +21,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
         help="run FakeStripe on 127.0.0.1 until Ctrl-C, printing the base_addresses to use",
         description="Serve a Stripe-compatible fake billing API (meters, customers, prices, "
-        "v1 and v2 meter events, adjustments) until Ctrl-C or SIGTERM.",
+        "v1 and v2 meter events, adjustments) until Ctrl-C or SIGTERM, optionally with "
+        "injected faults and latency. While it runs, GET <url>/_fake/identifiers lists the "
+        "accepted meter event identifiers as JSON.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: any free port)")
@@ -39,14 +42,18 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="treat any cus_ id as an existing customer",
     )
+    _options.add_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..testing.__main__ import main as serve
 
+    problem = _options.check(args)
+    if problem is not None:
+        raise CliError(problem)
     cfg = load_config(args)
-    argv = ["--host", args.host, "--port", str(args.port)]
+    argv = ["--host", args.host, "--port", str(args.port), *_options.to_argv(args)]
     for name in args.meter or [cfg.event_name]:
         argv += ["--meter", name]
     for customer in args.customer:

@@ -1,17 +1,22 @@
 """Run FakeStripe standalone: ``python -m stripe_token_meter.testing [--port 12111]``.
 
-Why: demos and benchmarks in other processes (or other languages) need a Stripe to talk to.
+Why: demos and benchmarks in other processes (or other languages) need a Stripe to talk to,
+with the faults and latency tests inject (``--fail-every``, ``--latency``, ...) and a way to
+see what it accepted (``GET /_fake/identifiers``, ``--dump-identifiers PATH``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from types import FrameType
 
+from stripe_token_meter.testing import _options
+from stripe_token_meter.testing._wire import TEST_ONLY_PREFIX
 from stripe_token_meter.testing.fake_stripe import FakeStripe
 
 
@@ -41,12 +46,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept any cus_ id as an existing customer",
     )
+    _options.add_options(parser)
     return parser
+
+
+def dump_identifiers(fake: FakeStripe, path: str) -> None:
+    """Write ``fake.identifier_counts()`` to ``path`` atomically (readers never see half)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(fake.identifier_counts(), f)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start the server, print how to reach it, block until a stop signal."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    problem = _options.check(args)
+    if problem is not None:
+        parser.error(problem)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -57,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fake = FakeStripe(host=args.host, port=args.port)
     fake.auto_customers = args.auto_customers
+    faults = _options.apply(fake, args)
     fake.start()
     try:
         for customer in args.customer:
@@ -74,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"meter {meter['id']} event_name={meter['event_name']}", flush=True)
         for customer in args.customer:
             print(f"customer {customer}", flush=True)
+        for line in faults:
+            print(f"fault {line}", flush=True)
+        print(f"identifiers_url={fake.url}{TEST_ONLY_PREFIX}identifiers", flush=True)
         while not stop.wait(0.1):
             pass
     finally:
@@ -85,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if args.dump_identifiers is not None:
+        try:
+            dump_identifiers(fake, args.dump_identifiers)
+        except OSError as exc:
+            print(
+                f"cannot write identifiers to {args.dump_identifiers}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        print(f"identifiers written to {args.dump_identifiers}", file=sys.stderr, flush=True)
     return 0
 
 
