@@ -14,18 +14,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from stripe_token_meter.provider_usage import UsageReport as Found
 from stripe_token_meter.provider_usage import field
 from stripe_token_meter.provider_usage import read_usage as usage_fields
 
 UNKNOWN_MODEL: Final = "unknown"  # LLMMetadata's default model_name
 
+# LlamaIndex's own response classes: pydantic models, never mappings, whose `raw` and
+# `additional_kwargs` are plain attributes (read without `field`'s mapping test).
+_RESPONSES: Final = frozenset({ChatResponse, CompletionResponse})
+
+
+def _raw(response: Any) -> Any:
+    if type(response) in _RESPONSES:
+        return response.raw
+    return field(response, "raw")
+
 
 def response_usage(response: Any) -> Found | None:
     """The usage a ChatResponse / CompletionResponse reports, or None."""
     if response is None:
         return None
-    raw = field(response, "raw")
+    raw = _raw(response)
     for key in ("usage", "usage_metadata"):
         found = usage_fields(field(raw, key))
         if found is not None:
@@ -34,7 +45,11 @@ def response_usage(response: Any) -> Found | None:
     found = usage_fields(field(field(raw, "message"), "usage"))
     if found is not None:
         return found
-    extra = field(response, "additional_kwargs")
+    extra = (
+        response.additional_kwargs
+        if type(response) in _RESPONSES
+        else field(response, "additional_kwargs")
+    )
     if isinstance(extra, Mapping) and extra:
         found = usage_fields(extra)
         if found is not None:
@@ -56,12 +71,19 @@ def merge(old: Found | None, new: Found) -> Found:
 
 def response_model(response: Any) -> str | None:
     """The model the provider says answered (what was billed), if the response names it."""
-    raw = field(response, "raw")
-    for source in (raw, field(raw, "message")):
-        for key in ("model", "model_version", "model_name"):
-            value = field(source, key)
-            if isinstance(value, str) and value.strip():
-                return value
+    if response is None:
+        return None
+    raw = _raw(response)
+    if raw is None:
+        return None
+    return _named_model(raw) or _named_model(field(raw, "message"))
+
+
+def _named_model(source: Any) -> str | None:
+    for key in ("model", "model_version", "model_name"):
+        value = field(source, key)
+        if isinstance(value, str) and value.strip():
+            return value
     return None
 
 
@@ -101,10 +123,26 @@ _GENERIC_PACKAGES: Final = frozenset(
 )
 
 
+_PROVIDER_OF: dict[type, str | None] = {}
+_PROVIDER_OF_MAX: Final = 1024  # classes remembered (cleared past this: classes made at run time)
+
+
 def class_provider(cls: type | None) -> str | None:
     """Provider of an LLM class: a known class in its MRO, else its `llama_index.llms.<pkg>`."""
     if cls is None:
         return None
+    try:
+        return _PROVIDER_OF[cls]
+    except KeyError:
+        pass
+    provider = _class_provider(cls)
+    if len(_PROVIDER_OF) >= _PROVIDER_OF_MAX:
+        _PROVIDER_OF.clear()
+    _PROVIDER_OF[cls] = provider
+    return provider
+
+
+def _class_provider(cls: type) -> str | None:
     for klass in cls.__mro__:
         name = klass.__name__
         if name in _CLASS_PROVIDERS:

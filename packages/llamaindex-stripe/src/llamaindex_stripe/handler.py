@@ -38,7 +38,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping
 from itertools import islice
-from types import FrameType
+from types import AsyncGeneratorType, FrameType, GeneratorType, MappingProxyType
 from typing import Any, Final
 
 from llama_index.core.base.llms.base import BaseLLM
@@ -90,6 +90,11 @@ _KINDS: dict[type, int | None] = {
     ExceptionEvent: _EXCEPTION,
 }
 _KIND_BASES: Final = tuple(_KINDS.items())
+_UNSEEN: Final = 0  # `_KINDS.get` default: an event class not looked at yet
+_NO_TAGS: Final[Mapping[str, Any]] = MappingProxyType({})
+_STREAMS: Final = (GeneratorType, AsyncGeneratorType)  # neither can be subclassed
+_LLM_CLASSES: dict[type, bool] = {}  # class -> is a BaseLLM (isinstance goes through ABCMeta)
+_LLM_CLASSES_MAX: Final = 1024
 
 
 def _kind(cls: type) -> int | None:
@@ -99,6 +104,21 @@ def _kind(cls: type) -> int | None:
         kind = next((k for base, k in _KIND_BASES if issubclass(cls, base)), None)
         _KINDS[cls] = kind
         return kind
+
+
+def _llm(instance: Any) -> Any:
+    """`instance` if it is a LlamaIndex LLM, else None."""
+    if instance is None:
+        return None
+    cls = type(instance)
+    try:
+        is_llm = _LLM_CLASSES[cls]
+    except KeyError:
+        is_llm = isinstance(instance, BaseLLM)
+        if len(_LLM_CLASSES) >= _LLM_CLASSES_MAX:
+            _LLM_CLASSES.clear()
+        _LLM_CLASSES[cls] = is_llm
+    return instance if is_llm else None
 
 
 class _Call:
@@ -127,7 +147,7 @@ class _Outcome:
         chunk: Found | None,
         chunk_model: str | None,
         response: Any,
-        nested: list[_Outcome],
+        nested: list[_Outcome] | None,
     ) -> None:
         self.st = st
         self.chunk = chunk
@@ -166,27 +186,40 @@ class _Span:
     ) -> None:
         self.id = span_id
         self.parent = parent  # nearest ancestor that had an LLM call in progress
-        self.instance = instance if isinstance(instance, BaseLLM) else None
+        self.instance = _llm(instance)
         self.entered = entered  # False: first seen through an event, no span_exit to expect
         self.depth = 0  # LLM calls in progress in this span (Start seen, End not yet)
-        self.nested: list[_Outcome] = []  # LLM calls made inside the current call
+        self.nested: list[_Outcome] | None = None  # LLM calls made inside the current call
         self.chunk: Found | None = None  # usage reported by stream chunks so far
         self.chunk_model: str | None = None  # model named by a stream chunk
         self.chunks = 0
         self.stream = False
         self.gen: weakref.ref[Any] | None = None
-        self.children: set[_Span] = set()  # pending streams opened inside this call
+        self.children: set[_Span] | None = None  # pending streams opened inside this call
         self.owner: _Span | None = None  # the span whose `children` holds this one
         self.billed = 0  # records made for this span (request id suffix)
         self.done = False
-        self.tags: Mapping[str, Any] = {}
+        self.tags: Mapping[str, Any] = _NO_TAGS
         self.scope: str | None = None
         self.model_name: str | None = None
         self.class_name: str | None = None
 
 
 def _is_stream(result: Any) -> bool:
-    return inspect.isgenerator(result) or inspect.isasyncgen(result)
+    return type(result) in _STREAMS  # = inspect.isgenerator(result) or isasyncgen(result)
+
+
+def _add_nested(st: _Span, outcome: _Outcome) -> None:
+    if st.nested is None:
+        st.nested = [outcome]
+    else:
+        st.nested.append(outcome)
+
+
+def _abandon_children(tracker: _Tracker, st: _Span) -> None:
+    if st.children:
+        for child in list(st.children):  # inner streams it did not consume to the end
+            tracker._abandon(child)
 
 
 def _gen_frame(gen: Any) -> FrameType | None:
@@ -253,6 +286,8 @@ class _Tracker:
                 self.streams[span_id] = st
                 owner = self._active_ancestor(st)
                 if owner is not None:
+                    if owner.children is None:
+                        owner.children = set()
                     owner.children.add(st)
                     st.owner = owner
                 return
@@ -295,7 +330,7 @@ class _Tracker:
             st.depth += 1
             if st.depth > 1:
                 return  # an LLM call nested in the same span: it reports to the outer one
-            st.tags = dict(event.tags) if event.tags else {}
+            st.tags = dict(event.tags) if event.tags else _NO_TAGS
             st.scope = current_customer()
             model_dict = getattr(event, "model_dict", None) or {}
             name = model_dict.get("model_name")
@@ -331,20 +366,19 @@ class _Tracker:
             st = self.spans.get(span_id) if span_id else None
             if st is None:  # nothing known about this call: bill it as it stands
                 st = _Span(span_id or "", None, None, entered=False)
-                st.tags = dict(event.tags) if event.tags else {}
+                st.tags = dict(event.tags) if event.tags else _NO_TAGS
                 st.scope = current_customer()
-                self._settle(st, _Outcome(st, None, None, response, []), report_missing=True)
+                self._settle(st, _Outcome(st, None, None, response, None), report_missing=True)
                 return
             if st.depth > 1:  # nested un-spanned call: the outer call in this span decides
                 st.depth -= 1
-                st.nested.append(_Outcome(st, st.chunk, st.chunk_model, response, []))
+                _add_nested(st, _Outcome(st, st.chunk, st.chunk_model, response, None))
                 st.chunk, st.chunk_model = None, None
                 return
-            for child in list(st.children):  # inner streams it did not consume to the end
-                self._abandon(child)
+            _abandon_children(self, st)
             st.depth = 0
             outcome = _Outcome(st, st.chunk, st.chunk_model, response, st.nested)
-            st.nested, st.chunk, st.chunks, st.chunk_model = [], None, 0, None
+            st.nested, st.chunk, st.chunks, st.chunk_model = None, None, 0, None
             if st.stream or not st.entered:
                 self._forget(st)
             self._settle(st, outcome, report_missing=True, tags=event.tags)
@@ -391,19 +425,17 @@ class _Tracker:
 
     def _abandon(self, st: _Span) -> None:
         """A stream that ends without its End event: bill what the provider reported."""
-        for child in list(st.children):
-            self._abandon(child)
+        _abandon_children(self, st)
         outcome = _Outcome(st, st.chunk, st.chunk_model, None, st.nested)
         started = st.chunks > 0
-        st.depth, st.nested, st.chunk = 0, [], None
+        st.depth, st.nested, st.chunk = 0, None, None
         self._forget(st)
         self._settle(st, outcome, report_missing=started, abandoned=True)
 
     def _unfinished(self, st: _Span) -> None:
-        for child in list(st.children):
-            self._abandon(child)
+        _abandon_children(self, st)
         outcome = _Outcome(st, None, None, None, st.nested)
-        st.nested, st.depth = [], 0
+        st.nested, st.depth = None, 0
         self._forget(st)
         self._settle(st, outcome, report_missing=False)
 
@@ -413,7 +445,8 @@ class _Tracker:
         if st.stream:
             self.streams.pop(st.id, None)
         if st.owner is not None:
-            st.owner.children.discard(st)
+            if st.owner.children is not None:
+                st.owner.children.discard(st)
             st.owner = None
 
     def _reap(self) -> None:
@@ -446,14 +479,21 @@ class _Tracker:
         if own is not None:
             st = outcome.st
             cls = type(st.instance) if st.instance is not None else None
-            metadata_model = st.model_name
-            if metadata_model is None and st.instance is not None:
-                metadata_model = getattr(getattr(st.instance, "metadata", None), "model_name", None)
             answered = response_model(outcome.response) or outcome.chunk_model
+            metadata_model = st.model_name
+            # The configured model only counts when the response names none, or the LLM
+            # class names no provider (`model_and_provider`): `metadata` is a property
+            # that builds a pydantic object, so it is read only then.
+            if (
+                metadata_model is None
+                and st.instance is not None
+                and (not answered or class_provider(cls) is None)
+            ):
+                metadata_model = getattr(getattr(st.instance, "metadata", None), "model_name", None)
             model, provider = model_and_provider(answered, metadata_model, cls, st.class_name)
-            return [_Call(own[0], dict(own[1]), model, provider)]
+            return [_Call(own[0], own[1], model, provider)]
         calls: list[_Call] = []
-        for inner in outcome.nested:
+        for inner in outcome.nested or ():
             calls.extend(self._resolve(inner))
         return calls
 
@@ -468,7 +508,7 @@ class _Tracker:
     ) -> None:
         anc = self._active_ancestor(st)
         if anc is not None:  # LLM inside LLM: the outer call bills
-            anc.nested.append(outcome)
+            _add_nested(anc, outcome)
             return
         calls = self._resolve(outcome)
         if not calls:
@@ -518,13 +558,6 @@ class _Tracker:
         )
 
 
-def _tracker_of(handler: Any) -> _Tracker:
-    # Straight from pydantic's private storage: `self._tracker` goes through
-    # BaseModel.__getattr__, a measurable cost on every LlamaIndex event.
-    tracker: _Tracker = handler.__pydantic_private__["_tracker"]
-    return tracker
-
-
 def _guard(tracker: _Tracker, exc: Exception) -> None:
     """A handler failure: counted and logged once; re-raised in strict mode."""
     tracker.meter.report_adapter_error(SOURCE, exc)
@@ -555,7 +588,7 @@ class StripeSpanHandler(BaseSpanHandler[BaseSpan]):
         **kwargs: Any,
     ) -> None:
         try:
-            _tracker_of(self).enter(id_, parent_id, instance)
+            self.__pydantic_private__["_tracker"].enter(id_, parent_id, instance)  # type: ignore[index]
         except Exception as exc:
             _guard(self._tracker, exc)
 
@@ -568,7 +601,7 @@ class StripeSpanHandler(BaseSpanHandler[BaseSpan]):
         **kwargs: Any,
     ) -> None:
         try:
-            _tracker_of(self).exit(id_, result)
+            self.__pydantic_private__["_tracker"].exit(id_, result)  # type: ignore[index]
         except Exception as exc:
             _guard(self._tracker, exc)
 
@@ -581,7 +614,7 @@ class StripeSpanHandler(BaseSpanHandler[BaseSpan]):
         **kwargs: Any,
     ) -> None:
         try:
-            _tracker_of(self).drop(id_)
+            self.__pydantic_private__["_tracker"].drop(id_)  # type: ignore[index]
         except Exception as exc:
             _guard(self._tracker, exc)
 
@@ -674,10 +707,14 @@ class StripeEventHandler(BaseEventHandler):
         return n
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-        kind = _kind(type(event))
+        kind = _KINDS.get(type(event), _UNSEEN)
+        if kind == _UNSEEN:
+            kind = _kind(type(event))
         if kind is None:
             return
-        tracker = _tracker_of(self)
+        # Straight from pydantic's private storage (here and in the span handler):
+        # `self._tracker` goes through BaseModel.__getattr__, a measurable cost per event.
+        tracker: _Tracker = self.__pydantic_private__["_tracker"]  # type: ignore[index]
         try:
             if kind == _END:
                 tracker.end(event)
