@@ -106,33 +106,18 @@ def _kind(cls: type) -> int | None:
         return kind
 
 
-def _llm(instance: Any) -> Any:
-    """`instance` if it is a LlamaIndex LLM, else None."""
-    if instance is None:
-        return None
-    cls = type(instance)
-    try:
-        is_llm = _LLM_CLASSES[cls]
-    except KeyError:
-        is_llm = isinstance(instance, BaseLLM)
-        if len(_LLM_CLASSES) >= _LLM_CLASSES_MAX:
-            _LLM_CLASSES.clear()
-        _LLM_CLASSES[cls] = is_llm
-    return instance if is_llm else None
+def _new_llm_class(instance: Any) -> bool:
+    """Whether `instance` is a LlamaIndex LLM, for a class not in `_LLM_CLASSES` yet."""
+    is_llm = isinstance(instance, BaseLLM)
+    if len(_LLM_CLASSES) >= _LLM_CLASSES_MAX:
+        _LLM_CLASSES.clear()
+    _LLM_CLASSES[type(instance)] = is_llm
+    return is_llm
 
 
-class _Call:
-    """One LLM call's reported usage, with the model that answered it."""
-
-    __slots__ = ("counts", "model", "provider", "tokens")
-
-    def __init__(
-        self, counts: Counts, tokens: dict[str, Any], model: str, provider: str | None
-    ) -> None:
-        self.counts = counts
-        self.tokens = tokens
-        self.model = model
-        self.provider = provider
+_Call = tuple[Counts, dict[str, Any], str, str | None]
+"""One LLM call's reported usage, with the model that answered it:
+`(counts, tokens, model, provider)`."""
 
 
 class _Outcome:
@@ -165,14 +150,13 @@ class _Span:
         "chunk",
         "chunk_model",
         "chunks",
-        "class_name",
         "depth",
         "done",
         "entered",
         "gen",
         "id",
         "instance",
-        "model_name",
+        "model_dict",
         "nested",
         "owner",
         "parent",
@@ -186,7 +170,13 @@ class _Span:
     ) -> None:
         self.id = span_id
         self.parent = parent  # nearest ancestor that had an LLM call in progress
-        self.instance = _llm(instance)
+        if instance is None:
+            self.instance = None
+        else:
+            is_llm = _LLM_CLASSES.get(type(instance))
+            if is_llm is None:
+                is_llm = _new_llm_class(instance)
+            self.instance = instance if is_llm else None
         self.entered = entered  # False: first seen through an event, no span_exit to expect
         self.depth = 0  # LLM calls in progress in this span (Start seen, End not yet)
         self.nested: list[_Outcome] | None = None  # LLM calls made inside the current call
@@ -201,8 +191,19 @@ class _Span:
         self.done = False
         self.tags: Mapping[str, Any] = _NO_TAGS
         self.scope: str | None = None
-        self.model_name: str | None = None
-        self.class_name: str | None = None
+        self.model_dict: Mapping[str, Any] | None = None  # the Start event's, read when billed
+
+    @property
+    def model_name(self) -> str | None:
+        """The LLM's model as the Start event's `model_dict` names it."""
+        name = self.model_dict.get("model_name") if self.model_dict else None
+        return name if isinstance(name, str) else None
+
+    @property
+    def class_name(self) -> str | None:
+        if self.instance is not None:
+            return type(self.instance).__name__
+        return self.model_dict.get("class_name") if self.model_dict else None
 
 
 def _is_stream(result: Any) -> bool:
@@ -332,14 +333,7 @@ class _Tracker:
                 return  # an LLM call nested in the same span: it reports to the outer one
             st.tags = dict(event.tags) if event.tags else _NO_TAGS
             st.scope = current_customer()
-            model_dict = getattr(event, "model_dict", None) or {}
-            name = model_dict.get("model_name")
-            st.model_name = name if isinstance(name, str) else None
-            st.class_name = (
-                type(st.instance).__name__
-                if st.instance is not None
-                else model_dict.get("class_name")
-            )
+            st.model_dict = getattr(event, "model_dict", None) or None
             if self.streams and self._active_ancestor(st) is None:
                 st.parent = self._running_stream(st) or st.parent
 
@@ -375,7 +369,8 @@ class _Tracker:
                 _add_nested(st, _Outcome(st, st.chunk, st.chunk_model, response, None))
                 st.chunk, st.chunk_model = None, None
                 return
-            _abandon_children(self, st)
+            if st.children:
+                _abandon_children(self, st)
             st.depth = 0
             outcome = _Outcome(st, st.chunk, st.chunk_model, response, st.nested)
             st.nested, st.chunk, st.chunks, st.chunk_model = None, None, 0, None
@@ -491,7 +486,7 @@ class _Tracker:
             ):
                 metadata_model = getattr(getattr(st.instance, "metadata", None), "model_name", None)
             model, provider = model_and_provider(answered, metadata_model, cls, st.class_name)
-            return [_Call(own[0], own[1], model, provider)]
+            return [(own[0], own[1], model, provider)]
         calls: list[_Call] = []
         for inner in outcome.nested or ():
             calls.extend(self._resolve(inner))
@@ -523,19 +518,19 @@ class _Tracker:
         extra = call_tags.get(DIMENSIONS_KEY)
         if isinstance(extra, Mapping) and extra:
             dims = {**dims, **extra}
-        for call in calls:
+        for counts, tokens, model, provider in calls:
             n = st.billed
             st.billed += 1
             request_id = (st.id if n == 0 else f"{st.id}#{n + 1}") if st.id else None
             self.meter.record(
-                counts=call.counts,
-                model=call.model,
-                provider=call.provider,
+                counts=counts,
+                model=model,
+                provider=provider,
                 customer_id=customer or None,
                 request_id=request_id,
                 dimensions=dims,
                 fallback_customer_id=self.customer_id,
-                **call.tokens,
+                **tokens,
             )
 
     def _fix(self, st: _Span, abandoned: bool) -> str:
