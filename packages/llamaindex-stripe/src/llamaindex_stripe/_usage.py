@@ -11,7 +11,7 @@ Counts are passed to the meter as reported, in the shape the provider uses; the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
@@ -32,17 +32,23 @@ def _raw(response: Any) -> Any:
     return field(response, "raw")
 
 
+def _getter(obj: Any) -> Callable[[Any, str], Any]:
+    """`field`, or for a plain dict (as most `raw` are) `dict.get`, which is the same there."""
+    return dict.get if type(obj) is dict else field
+
+
 def response_usage(response: Any) -> Found | None:
     """The usage a ChatResponse / CompletionResponse reports, or None."""
     if response is None:
         return None
     raw = _raw(response)
+    get = _getter(raw)
     for key in ("usage", "usage_metadata"):
-        found = usage_fields(field(raw, key))
+        found = usage_fields(get(raw, key))
         if found is not None:
             return found
     # Anthropic's stream opens with `message_start`, whose usage sits in its message.
-    found = usage_fields(field(field(raw, "message"), "usage"))
+    found = usage_fields(field(get(raw, "message"), "usage"))
     if found is not None:
         return found
     extra = (
@@ -76,12 +82,13 @@ def response_model(response: Any) -> str | None:
     raw = _raw(response)
     if raw is None:
         return None
-    return _named_model(raw) or _named_model(field(raw, "message"))
+    return _named_model(raw) or _named_model(_getter(raw)(raw, "message"))
 
 
 def _named_model(source: Any) -> str | None:
+    get = _getter(source)
     for key in ("model", "model_version", "model_name"):
-        value = field(source, key)
+        value = get(source, key)
         if isinstance(value, str) and value.strip():
             return value
     return None

@@ -475,15 +475,15 @@ class _Tracker:
             st = outcome.st
             cls = type(st.instance) if st.instance is not None else None
             answered = response_model(outcome.response) or outcome.chunk_model
+            provider = class_provider(cls)
+            if answered and provider is not None:
+                # What `model_and_provider` returns whenever both are known: the model the
+                # response names and the LLM class's provider.
+                return [(own[0], own[1], answered, provider)]
+            # Otherwise the configured model counts. `metadata` is a property that builds
+            # a pydantic object, so it is read only here.
             metadata_model = st.model_name
-            # The configured model only counts when the response names none, or the LLM
-            # class names no provider (`model_and_provider`): `metadata` is a property
-            # that builds a pydantic object, so it is read only then.
-            if (
-                metadata_model is None
-                and st.instance is not None
-                and (not answered or class_provider(cls) is None)
-            ):
+            if metadata_model is None and st.instance is not None:
                 metadata_model = getattr(getattr(st.instance, "metadata", None), "model_name", None)
             model, provider = model_and_provider(answered, metadata_model, cls, st.class_name)
             return [(own[0], own[1], model, provider)]
@@ -516,7 +516,7 @@ class _Tracker:
         customer = call_tags.get(CUSTOMER_KEY) or (tags or {}).get(CUSTOMER_KEY) or st.scope
         dims = self.dimensions
         extra = call_tags.get(DIMENSIONS_KEY)
-        if isinstance(extra, Mapping) and extra:
+        if extra is not None and isinstance(extra, Mapping) and extra:
             dims = {**dims, **extra}
         for counts, tokens, model, provider in calls:
             n = st.billed
