@@ -280,7 +280,10 @@ class _Tracker:
             st = self.spans.get(span_id)
             if st is None:
                 return
-            if st.depth > 0 and _is_stream(result):
+            if st.depth == 0:
+                self._forget(st)
+                return
+            if _is_stream(result):
                 # The LLM call goes on while the caller consumes the stream.
                 st.stream = True
                 st.gen = weakref.ref(result, _Collected(self.dead, span_id))
@@ -292,10 +295,8 @@ class _Tracker:
                     owner.children.add(st)
                     st.owner = owner
                 return
-            if st.depth > 0:  # Start without End, yet returned: keep what nested calls reported
-                self._unfinished(st)
-            else:
-                self._forget(st)
+            # Start without End, yet returned: keep what nested calls reported.
+            self._unfinished(st)
 
     def drop(self, span_id: str) -> None:
         with self.lock:
@@ -376,7 +377,11 @@ class _Tracker:
             st.nested, st.chunk, st.chunks, st.chunk_model = None, None, 0, None
             if st.stream or not st.entered:
                 self._forget(st)
-            self._settle(st, outcome, report_missing=True, tags=event.tags)
+            anc = self._active_ancestor(st)
+            if anc is not None:  # LLM inside LLM: the outer call bills
+                _add_nested(anc, outcome)
+            else:
+                self._bill(st, outcome, report_missing=True, tags=event.tags)
 
     def exception(self, event: BaseEvent) -> None:
         span_id = event.span_id
@@ -505,6 +510,18 @@ class _Tracker:
         if anc is not None:  # LLM inside LLM: the outer call bills
             _add_nested(anc, outcome)
             return
+        self._bill(st, outcome, report_missing=report_missing, tags=tags, abandoned=abandoned)
+
+    def _bill(
+        self,
+        st: _Span,
+        outcome: _Outcome,
+        *,
+        report_missing: bool,
+        tags: Mapping[str, Any] | None = None,
+        abandoned: bool = False,
+    ) -> None:
+        """An outermost call ended: record its usage (or report that it had none)."""
         calls = self._resolve(outcome)
         if not calls:
             if report_missing:
