@@ -376,12 +376,14 @@ def sync_client(base_addresses: dict[str, str]) -> Any:
 
 
 def remote_meter(base_addresses: dict[str, str], outbox: Path | str, **kwargs: Any) -> Any:
-    """A `TokenMeter` delivering through the real SDK to FakeStripe (own outbox file)."""
+    """A `TokenMeter` delivering through the real SDK to FakeStripe (own outbox file).
+
+    Configured as users do (a key and an API base), so the meter makes its own clients.
+    """
     from stripe_token_meter import TokenMeter
-    from stripe_token_meter.transport import make_client
 
     return TokenMeter(
-        stripe_client=make_client(FAKE_KEY, base_addresses), outbox_path=outbox, **kwargs
+        api_key=FAKE_KEY, api_base=base_addresses["meter_events"], outbox_path=outbox, **kwargs
     )
 
 

@@ -31,9 +31,10 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
+from stripe_token_meter.transport import V1_CONCURRENCY, V2_CONCURRENCY
 
 TARGETS = {"v2": c.Target(">=", 20_000), "v1": c.Target(">=", 1_000)}
-CONCURRENCY = {"v2": 4, "v1": 16}  # the meter's defaults (TokenMeter(concurrency=None))
+CONCURRENCY = {"v2": V2_CONCURRENCY, "v1": V1_CONCURRENCY}  # TokenMeter(concurrency=None)
 PROBES = 100
 
 

@@ -8,6 +8,7 @@ building, storage and delivery all happen on the worker thread.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import queue
@@ -26,8 +27,16 @@ from .customer import _scope, customer_scope, resolve_customer
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
 from .errors import ConfigurationError, InvalidDimension, InvalidUsage, MissingCustomer
 from .events import MeterEvent, build_events
-from .outbox import LOCAL, PENDING, Outbox
-from .transport import Transport, V1Transport, V2StreamTransport, make_client
+from .outbox import LOCAL, PENDING, Outbox, Row
+from .transport import (
+    V1_CONCURRENCY,
+    V2_CONCURRENCY,
+    ClientPool,
+    Transport,
+    V1Transport,
+    V2StreamTransport,
+    make_client,
+)
 from .usage import Usage, check_customer, check_text, check_timestamp
 from .worker import Worker
 
@@ -163,14 +172,15 @@ class TokenMeter:
         self._worker: Worker | None = None
 
     def _make_transport(self) -> Transport:
-        owned = self._client is None
-        client = (
-            make_client(self._key, self._base_addresses) if self._key is not None else self._client
-        )
-        assert client is not None
+        if self._key is not None:
+            clients = ClientPool(
+                factory=functools.partial(make_client, self._key, self._base_addresses)
+            )
+        else:
+            clients = ClientPool(shared=self._client)
         if self.api == "v1":
-            return V1Transport(client, concurrency=self._concurrency or 16, owns_client=owned)
-        return V2StreamTransport(client, concurrency=self._concurrency or 4, owns_client=owned)
+            return V1Transport(clients, concurrency=self._concurrency or V1_CONCURRENCY)
+        return V2StreamTransport(clients, concurrency=self._concurrency or V2_CONCURRENCY)
 
     def _start_worker(self) -> Worker:
         with self._state_lock:
@@ -299,21 +309,33 @@ class TokenMeter:
             f"invalid:{exc.code}", f"stripe-token-meter: usage dead-lettered ({exc.code}): {exc}"
         )
 
-    def _store(self, events: list[MeterEvent]) -> None:
-        if events:
+    def _store(self, events: list[MeterEvent], lease_owner: str | None = None) -> list[Row]:
+        """Events into the outbox; leased to `lease_owner` (the worker, to send them next)."""
+        if not events:
+            return []
+        rows: list[Row] = []
+        if lease_owner is not None and not self.local:
+            rows = self._outbox.add_leased(events, lease_owner, self._lease)
+            added = len(rows)
+        else:
             added = self._outbox.add(events, LOCAL if self.local else PENDING)
-            self._count("events", added)
-            if added < len(events):
-                self._count("duplicates", len(events) - added)
+        self._count("events", added)
+        if added < len(events):
+            self._count("duplicates", len(events) - added)
+        return rows
 
-    def _drain_queue(self, limit: int = 500) -> int:
+    def _drain_queue(
+        self, limit: int = 500, lease_owner: str | None = None
+    ) -> tuple[int, list[Row]]:
         """Move queued records into the outbox (one transaction). Returns records moved.
 
         Holds `_drain_lock` from the first `get` to the commit, so `flush()` can tell
         "queue empty" apart from "taken off the queue but not yet stored". Batches stay
         small so a caller writing through (queue full) never waits long for the outbox.
+        With `lease_owner`, the new rows come back already claimed by it.
         """
         events: list[MeterEvent] = []
+        rows: list[Row] = []
         n = 0
         get = self._queue.get_nowait
         with self._drain_lock:
@@ -325,9 +347,9 @@ class TokenMeter:
                 n += 1
                 events.extend(self._events_or_reject(item))
             if n:
-                self._store(events)
+                rows = self._store(events, lease_owner)
                 self._count("recorded", n)
-        return n
+        return n, rows
 
     def _write_through(self, item: _Item) -> None:
         """`durable="sync"`, after close() or past the queue bound: straight to the outbox."""

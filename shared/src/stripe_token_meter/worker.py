@@ -1,12 +1,15 @@
 """The background delivery loop: a daemon thread running its own anyio event loop.
 
 It never touches the host's event loop (LiteLLM may log after the host's loop ended).
-Each turn: move queued records into the outbox, claim due rows, send them concurrently,
-then mark each delivered, retried later, paused or dead-lettered.
+One loop owns the outbox: it moves queued records in, claims due rows for whichever of
+the `concurrency` sender tasks is free, and marks what they bring back delivered, retried
+later, paused or dead-lettered. Senders only talk to Stripe, so requests stay in flight
+back to back (pipelined) instead of in rounds that wait for their slowest request.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -17,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .outbox import Outbox, Row
 from .retry import Outcome, Verdict, backoff
@@ -28,6 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("stripe_token_meter")
 
 IDLE_POLL = 0.02
+READY_LIMIT = 2000
+"""Fresh rows kept leased in memory for the senders: at most a few rounds' worth, well
+inside the lease, so no other process takes them while they wait."""
+DRAIN_LIMIT = 500
+"""Records stored per outbox transaction (see `TokenMeter._drain_queue`)."""
 FLUSH_INTERVAL = 0.2
 """Records wait in memory at most this long (the kill -9 window), unless flush() wakes us."""
 WAKE_AT_QUEUED = 1000
@@ -60,6 +69,14 @@ class Worker:
         self.stop_requested = threading.Event()
         self.deadline = float("inf")
         self.hold_until = 0.0
+        self._done: list[tuple[Sequence[Row], list[Outcome]]] = []
+        self._ready: collections.deque[Row] = collections.deque()
+        """Rows stored leased to us, waiting for a free sender (see `READY_LIMIT`)."""
+        self._handed: dict[int, Sequence[Row]] = {}
+        """Batches given to senders and not yet back, by `id()`."""
+        self._next_store = 0.0
+        self._next_claim = 0.0
+        self._progress: anyio.Event
         self._thread = threading.Thread(
             target=self._run_thread, name="stripe-token-meter", daemon=True
         )
@@ -83,73 +100,147 @@ class Worker:
             self._meter._note_error("worker_crashed", repr(exc))
 
     async def _main(self) -> None:
+        self._progress = anyio.Event()
         transport = self._make_transport() if self._make_transport else None
         try:
-            if transport is not None:
-                self._outbox.reclaim_from_dead_processes(self.host)
-            while True:
-                try:
-                    moved, sent = await self._turn(transport)
-                except Exception as exc:  # e.g. disk full, database locked: keep going
-                    log.exception("stripe-token-meter: delivery turn failed; retrying in 1 s")
-                    self._meter._note_error("worker_error", repr(exc))
-                    moved, sent = 0, False
-                    await anyio.sleep(1.0)
-                stopping = self.stop_requested.is_set()
-                if stopping and not moved and not sent:
-                    if transport is None or time.monotonic() >= self.deadline:
-                        break
-                    if not self._outbox.has_pending():
-                        break
-                if not moved and not sent:
-                    await self._idle(stopping)
+            if transport is None:
+                await self._loop(None, None)
+                return
+            self._outbox.reclaim_from_dead_processes(self.host)
+            to_send, to_take = anyio.create_memory_object_stream[Sequence[Row]](
+                transport.concurrency
+            )
+            async with anyio.create_task_group() as tg:
+                with to_take:
+                    for _ in range(transport.concurrency):
+                        tg.start_soon(self._sender, transport, to_take.clone())
+                with to_send:
+                    await self._loop(transport, to_send)
+                tg.cancel_scope.cancel()  # only requests still out past close()'s deadline
         finally:
+            if self._handed:  # their rows go back now, not when their lease runs out
+                self._ready.extend(r for batch in self._handed.values() for r in batch)
+                self._handed.clear()
+            self._release_ready()
             if transport is not None:
                 with anyio.CancelScope(shield=True):
                     await transport.aclose()
 
-    async def _turn(self, transport: Transport | None) -> tuple[int, bool]:
-        """One turn: store what was queued, then send one round of due rows."""
-        moved = self._meter._drain_queue()
-        sent = False
-        if transport is not None and time.monotonic() < self.deadline:
-            sent = await self._deliver(transport)
-        return moved, sent
+    async def _loop(
+        self, transport: Transport | None, to_send: MemoryObjectSendStream[Sequence[Row]] | None
+    ) -> None:
+        """Until stopped: store what was queued, apply what came back, keep senders fed."""
+        while True:
+            try:
+                state = self._step(transport, to_send)
+            except Exception as exc:  # e.g. disk full, database locked: keep going
+                log.exception("stripe-token-meter: delivery turn failed; retrying in 1 s")
+                self._meter._note_error("worker_error", repr(exc))
+                await anyio.sleep(1.0)
+                continue
+            if state == "stop":
+                return
+            if state == "idle":
+                await self._idle()
 
-    async def _idle(self, stopping: bool) -> None:
-        end = time.monotonic() + (0.05 if stopping else FLUSH_INTERVAL)
+    def _step(
+        self, transport: Transport | None, to_send: MemoryObjectSendStream[Sequence[Row]] | None
+    ) -> str:
+        now = time.monotonic()
+        moved = 0
         q = self._meter._queue
-        while time.monotonic() < end:
+        if now >= self._next_store or self.wake.is_set() or q.qsize() >= WAKE_AT_QUEUED:
+            self.wake.clear()
+            # Fresh rows go straight to the senders, leased as they are stored, while
+            # there is room; otherwise they wait in the outbox to be claimed.
+            send_now = (
+                transport is not None
+                and len(self._ready) < READY_LIMIT
+                and now < self.deadline
+                and time.time() >= self.hold_until
+            )
+            moved, rows = self._meter._drain_queue(DRAIN_LIMIT, self.owner if send_now else None)
+            self._ready.extend(rows)
+            if moved:
+                self._next_claim = 0.0  # new rows: look for due ones now
+            if moved < DRAIN_LIMIT:
+                self._next_store = now + FLUSH_INTERVAL
+        busy = bool(moved)
+        if transport is not None and to_send is not None:
+            busy = self._feed(transport, to_send, now) or busy
+        if self.stop_requested.is_set():
+            if transport is not None and now >= self.deadline:
+                return "stop"  # requests still out are cancelled; their rows are released
+            settled = not moved and not self._handed and not self._ready
+            if settled and (transport is None or not self._outbox.has_pending()):
+                return "stop"
+        return "busy" if busy else "idle"
+
+    def _feed(
+        self, transport: Transport, to_send: MemoryObjectSendStream[Sequence[Row]], now: float
+    ) -> bool:
+        """Apply finished batches, claim rows for idle senders. True if it did anything."""
+        did = bool(self._done)
+        if did:
+            done, self._done = self._done, []
+            self._apply(done)
+        if now >= self.deadline or time.time() < self.hold_until:
+            self._release_ready()  # held: another process may send them once due
+            return did
+        free = transport.concurrency - len(self._handed)
+        size = transport.batch_size
+        while free > 0 and self._ready:
+            batch = [self._ready.popleft() for _ in range(min(size, len(self._ready)))]
+            self._hand(batch, to_send)
+            free -= 1
+            did = True
+        if free <= 0 or (now < self._next_claim and not did):
+            return did
+        rows = self._outbox.claim(self.owner, size * free, self._lease)
+        if not rows:
+            self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
+            return did
+        for i in range(0, len(rows), size):
+            self._hand(rows[i : i + size], to_send)
+        return True
+
+    def _hand(self, batch: Sequence[Row], to_send: MemoryObjectSendStream[Sequence[Row]]) -> None:
+        self._handed[id(batch)] = batch
+        to_send.send_nowait(batch)
+
+    def _release_ready(self) -> None:
+        if self._ready:
+            ids = [r.id for r in self._ready]
+            self._ready.clear()
+            self._outbox.release(ids)
+
+    async def _sender(
+        self, transport: Transport, to_take: MemoryObjectReceiveStream[Sequence[Row]]
+    ) -> None:
+        """Sends batches as they come; outcomes go back to the loop, which owns the outbox."""
+        async with to_take:
+            async for batch in to_take:
+                try:
+                    outcomes = await transport.send(batch)
+                except Exception as exc:  # a transport bug must not lose rows: retry them
+                    outcomes = [Outcome(Verdict.RETRY, "internal_error", repr(exc))] * len(batch)
+                del self._handed[id(batch)]
+                self._done.append((batch, outcomes))
+                self._progress.set()
+
+    async def _idle(self) -> None:
+        """Sleep until a batch comes back, the store timer, `flush()`/`close()`, a full queue."""
+        until = self._next_store
+        if self._next_claim > time.monotonic():
+            until = min(until, self._next_claim)
+        q = self._meter._queue
+        while not self._done and time.monotonic() < until:
             if self.wake.is_set() or q.qsize() >= WAKE_AT_QUEUED:
                 break
-            await anyio.sleep(IDLE_POLL)
-        self.wake.clear()
-
-    async def _deliver(self, transport: Transport) -> bool:
-        if time.time() < self.hold_until:
-            return False
-        rows = self._outbox.claim(
-            self.owner, transport.batch_size * transport.concurrency, self._lease
-        )
-        if not rows:
-            return False
-        batches = [
-            rows[i : i + transport.batch_size] for i in range(0, len(rows), transport.batch_size)
-        ]
-        results: list[tuple[Sequence[Row], list[Outcome]]] = []
-
-        async def send(batch: Sequence[Row]) -> None:
-            try:
-                outcomes = await transport.send(batch)
-            except Exception as exc:  # a transport bug must not lose rows: retry them
-                outcomes = [Outcome(Verdict.RETRY, "internal_error", repr(exc))] * len(batch)
-            results.append((batch, outcomes))
-
-        async with anyio.create_task_group() as tg:
-            for batch in batches:
-                tg.start_soon(send, batch)
-        self._apply(results)
-        return True
+            with anyio.move_on_after(IDLE_POLL):
+                await self._progress.wait()
+        if self._progress.is_set():
+            self._progress = anyio.Event()
 
     def _apply(self, results: list[tuple[Sequence[Row], list[Outcome]]]) -> None:
         delivered: list[int] = []
