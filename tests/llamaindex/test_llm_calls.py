@@ -249,6 +249,45 @@ def test_provider_from_llm_class(
     ]
 
 
+def test_metadata_is_read_only_when_it_can_matter(
+    make_meter: Callable[..., Any], fake_stripe: Any, usage_llm: Any
+) -> None:
+    """The adapter does not read the LLM's `metadata` (a property that builds an object)
+    when the response names the model and the class its provider, nor when the Start
+    event's model_dict names the configured model; the billing is the same."""
+    reads: list[str] = []
+
+    def metadata(self: Any) -> Any:
+        reads.append(self.model_name)
+        return usage_llm.metadata.fget(self)
+
+    OpenAI = type(
+        "OpenAI",
+        (usage_llm,),
+        {"__module__": "llama_index.llms.openai.base", "metadata": property(metadata)},
+    )
+    OpenAI(model_name="gpt-4o").chat(MSGS)
+    by_llamaindex = len(reads)  # LlamaIndex reads it too
+    reads.clear()
+    meter = make_meter(default_customer_id=CUS)
+    instrument(meter)
+    OpenAI(model_name="gpt-4o", response_model="gpt-4o-mini-2024-07-18").chat(MSGS)
+    assert len(reads) == by_llamaindex
+    reads.clear()
+    OpenAI(model_name="gpt-4o", response_model=None, prompt_tokens=7).chat(MSGS)
+    assert len(reads) == by_llamaindex  # the Start event's model_dict names the model
+    assert meter.flush(5)
+    assert sorted(event_tuples(fake_stripe)) == sorted(
+        [
+            (CUS, "openai/gpt-4o-mini", "input", 100),
+            (CUS, "openai/gpt-4o-mini", "output", 20),
+            (CUS, "openai/gpt-4o", "input", 7),
+            (CUS, "openai/gpt-4o", "output", 20),
+        ]
+    )
+    assert meter.stats()["adapter_errors"] == 0
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_mock_llm_reports_no_usage(
     method: str, make_meter: Callable[..., Any], fake_stripe: Any

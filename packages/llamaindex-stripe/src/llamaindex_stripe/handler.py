@@ -109,9 +109,11 @@ def _kind(cls: type) -> int | None:
 def _new_llm_class(instance: Any) -> bool:
     """Whether `instance` is a LlamaIndex LLM, for a class not in `_LLM_CLASSES` yet."""
     is_llm = isinstance(instance, BaseLLM)
-    if len(_LLM_CLASSES) >= _LLM_CLASSES_MAX:
-        _LLM_CLASSES.clear()
-    _LLM_CLASSES[type(instance)] = is_llm
+    cls = type(instance)
+    if getattr(instance, "__class__", None) is cls:  # not a proxy: its class decides
+        if len(_LLM_CLASSES) >= _LLM_CLASSES_MAX:
+            _LLM_CLASSES.clear()
+        _LLM_CLASSES[cls] = is_llm
     return is_llm
 
 
@@ -334,7 +336,12 @@ class _Tracker:
                 return  # an LLM call nested in the same span: it reports to the outer one
             st.tags = dict(event.tags) if event.tags else _NO_TAGS
             st.scope = current_customer()
-            st.model_dict = getattr(event, "model_dict", None) or None
+            model_dict = getattr(event, "model_dict", None)
+            st.model_dict = (
+                model_dict
+                if model_dict and (type(model_dict) is dict or isinstance(model_dict, Mapping))
+                else None
+            )
             if self.streams and self._active_ancestor(st) is None:
                 st.parent = self._running_stream(st) or st.parent
 
