@@ -169,6 +169,8 @@ class TokenMeter:
         self._last_error: str | None = None
         self._warned: set[str] = set()
         self._delivered_in_process = 0
+        self._in_drain = 0
+        """Records taken off the queue by a drain and not yet stored (still "queued")."""
         self._worker: Worker | None = None
 
     def _make_transport(self) -> Transport:
@@ -339,16 +341,21 @@ class TokenMeter:
         n = 0
         get = self._queue.get_nowait
         with self._drain_lock:
-            while n < limit:
-                try:
-                    item = get()
-                except queue.Empty:
-                    break
-                n += 1
-                events.extend(self._events_or_reject(item))
-            if n:
-                rows = self._store(events, lease_owner)
-                self._count("recorded", n)
+            try:
+                while n < limit:
+                    self._in_drain = n + 1  # counted before it leaves the queue, never in neither
+                    try:
+                        item = get()
+                    except queue.Empty:
+                        break
+                    n += 1
+                    events.extend(self._events_or_reject(item))
+                self._in_drain = n
+                if n:
+                    rows = self._store(events, lease_owner)
+                    self._count("recorded", n)
+            finally:
+                self._in_drain = 0
         return n, rows
 
     def _write_through(self, item: _Item) -> None:
@@ -426,7 +433,7 @@ class TokenMeter:
             c = dict(self._counters)
         worker = self._worker
         return {
-            "queued": self._queue.qsize(),
+            "queued": self._queue.qsize() + self._in_drain,
             "recorded": c["recorded"],
             "events": c["events"],
             "pending": counts["pending"],

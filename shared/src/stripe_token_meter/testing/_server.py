@@ -63,9 +63,10 @@ class Handler(BaseHTTPRequestHandler):
             self._write(*invalid("Invalid Content-Length header.").render("v1"), fake)
             return
         body = self.rfile.read(length) if length else b""
-        latency = fake.latency
-        if latency > 0 and not self.path.startswith(TEST_ONLY_PREFIX):
-            time.sleep(latency)
+        if not self.path.startswith(TEST_ONLY_PREFIX):
+            delay = fake.latency + fake._take_stall(self.path)
+            if delay > 0:
+                time.sleep(delay)
         response: Response | None
         try:
             response = fake._serve(method, self.path, self.headers, body)

@@ -278,6 +278,7 @@ class FakeStripe:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._faults: list[_Fault] = []
         self._periodic: list[_Periodic] = []
+        self._stalls: list[tuple[float, str | None]] = []
         self._duplicates: Counter[str] = Counter()
         self._rate: dict[str, list[int]] = {}
         self._idempotency: dict[str, tuple[str, int, Response]] = {}
@@ -580,11 +581,26 @@ class FakeStripe:
         with self._lock:
             self._periodic.append(_Periodic("drop", n, (), None, path_prefix, after_processing))
 
+    def stall_next(self, seconds: float, path_prefix: str | None = None) -> None:
+        """Hold the next matching request ``seconds`` before serving it (one slow request
+        among fast ones; ``latency`` slows them all)."""
+        with self._lock:
+            self._stalls.append((seconds, path_prefix))
+
+    def _take_stall(self, path: str) -> float:
+        with self._lock:
+            for i, (seconds, prefix) in enumerate(self._stalls):
+                if prefix is None or path.startswith(prefix):
+                    del self._stalls[i]
+                    return seconds
+        return 0.0
+
     def clear_faults(self) -> None:
-        """Forget pending ``fail_next``/``drop_next`` and standing ``*_every`` faults."""
+        """Forget pending ``fail_next``/``drop_next``/``stall_next`` and ``*_every`` faults."""
         with self._lock:
             self._faults.clear()
             self._periodic.clear()
+            self._stalls.clear()
 
     def expire_sessions(self) -> None:
         """Expire every v2 session token issued so far (new sessions are unaffected)."""

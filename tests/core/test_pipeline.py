@@ -1,0 +1,160 @@
+"""Delivery keeps requests in flight back to back, and never loses or doubles rows doing so."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from stripe_token_meter import TokenMeter
+from stripe_token_meter.events import MeterEvent
+from stripe_token_meter.outbox import PENDING, Outbox
+from stripe_token_meter.transport import ClientPool, make_client
+
+MeterFactory = Callable[..., TokenMeter]
+
+
+def _record(meter: TokenMeter, n: int, tag: str = "r") -> None:
+    for i in range(n):
+        meter.record(
+            counts="openai",
+            model="gpt-4o",
+            provider="openai",
+            customer_id="cus_a",
+            request_id=f"{tag}-{i}",
+            prompt_tokens=10 + i,
+        )
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_one_slow_request_does_not_hold_back_the_others(
+    make_meter: MeterFactory, fake_stripe: Any, api: str
+) -> None:
+    path = "/v1/billing/meter_events" if api == "v1" else "/v2/billing/meter_event_stream"
+    fake_stripe.stall_next(4.0, path_prefix=path)
+    # One event per record: v1 sends 30 requests, v2 at least 5 (up to 100 events each).
+    n, stuck = (30, 1) if api == "v1" else (500, 100)
+    meter = make_meter(api=api, concurrency=3)
+    _record(meter, n)
+    # Free senders keep taking work while one request is stuck for 4 s (in rounds, the
+    # whole round and everything after it would wait).
+    assert _wait_for(lambda: len(fake_stripe.identifiers()) >= n - stuck, 3.0), len(
+        fake_stripe.identifiers()
+    )
+    assert meter.flush(10)
+    ids = fake_stripe.identifiers()
+    assert len(ids) == n
+    assert Counter(ids).most_common(1)[0][1] == 1
+
+
+def test_close_gives_back_rows_of_a_request_still_out(fake_stripe: Any, tmp_path: Path) -> None:
+    """Past close()'s deadline the stuck request is abandoned and its row released at once,
+    so the next meter on this outbox sends it without waiting for the lease to run out."""
+    outbox = tmp_path / "o.sqlite3"
+    fake_stripe.stall_next(3.0, path_prefix="/v1/billing/meter_events")
+    first = TokenMeter(
+        api="v1",
+        stripe_client=make_client("sk_test_fake", fake_stripe.base_addresses),
+        outbox_path=outbox,
+    )
+    _record(first, 1, tag="stuck")
+
+    def leased() -> bool:
+        with sqlite3.connect(outbox) as db:
+            return db.execute("SELECT lease_owner FROM events").fetchall() not in ([], [(None,)])
+
+    assert _wait_for(leased, 2.0)
+    time.sleep(0.3)  # the request is out, stalled by FakeStripe
+    first.close(timeout=0.3)
+    with sqlite3.connect(outbox) as db:
+        assert db.execute("SELECT status, lease_owner, lease_until FROM events").fetchall() == [
+            ("pending", None, 0)
+        ]
+    second = TokenMeter(
+        api="v1",
+        stripe_client=make_client("sk_test_fake", fake_stripe.base_addresses),
+        outbox_path=outbox,
+    )
+    try:
+        assert second.flush(2.0)  # well before the stuck request's 3 s are up
+    finally:
+        second.close()
+    assert fake_stripe.identifiers() == ["stuck-0:input:token-billing-tokens"]
+    time.sleep(3.0)  # the stuck request lands late: Stripe sees a duplicate, not a new event
+    assert fake_stripe.identifiers() == ["stuck-0:input:token-billing-tokens"]
+
+
+def _event(i: int, value: int = 1) -> MeterEvent:
+    return MeterEvent(
+        identifier=f"req-{i}:input:m",
+        event_name="m",
+        timestamp=1_790_000_000,
+        customer_id="cus_a",
+        model="openai/gpt-4o",
+        token_type="input",
+        value=value,
+        payload={"stripe_customer_id": "cus_a", "value": str(value)},
+    )
+
+
+def test_add_leased_returns_only_new_rows_already_claimed(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    assert box.add([_event(1)], PENDING) == 1
+    rows = box.add_leased([_event(1), _event(2, 7), _event(2, 9), _event(3)], "me", 30.0)
+    # Already stored (1) and repeated within the batch (second 2) are left out; the first
+    # occurrence is the one stored and returned.
+    assert [(r.event.identifier, r.event.value, r.attempts) for r in rows] == [
+        ("req-2:input:m", 7, 0),
+        ("req-3:input:m", 1, 0),
+    ]
+    stored = dict(box._conn.execute("SELECT identifier, id FROM events").fetchall())
+    assert [r.id for r in rows] == [stored["req-2:input:m"], stored["req-3:input:m"]]
+    # Leased to "me": another owner can only claim the unleased row.
+    assert [r.event.identifier for r in box.claim("other", 10, 30.0)] == ["req-1:input:m"]
+    box.release([r.id for r in rows])
+    assert sorted(r.event.identifier for r in box.claim("other", 10, 30.0)) == [
+        "req-2:input:m",
+        "req-3:input:m",
+    ]
+    box.close()
+
+
+def test_client_pool_gives_each_request_in_flight_its_own_client() -> None:
+    made: list[Any] = []
+
+    def factory() -> Any:
+        client = make_client("sk_test_fake", {"api": "http://127.0.0.1:9"})
+        made.append(client)
+        return client
+
+    async def main() -> None:
+        pool = ClientPool(factory=factory)
+        async with pool.client() as a, pool.client() as b:
+            assert a is not b
+        async with pool.client() as c:
+            assert c in (a, b)  # given back, reused
+        assert len(made) == 2
+        await pool.aclose()
+
+        shared = make_client("sk_test_fake", {"api": "http://127.0.0.1:9"})
+        one = ClientPool(shared=shared)
+        async with one.client() as x, one.client() as y:
+            assert x is shared and y is shared
+
+    anyio.run(main)
+    with pytest.raises(ValueError):
+        ClientPool()
