@@ -18,27 +18,22 @@ import uuid
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import stripe
 
 from .customer import _scope, customer_scope, resolve_customer
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
 from .errors import ConfigurationError, InvalidDimension, InvalidUsage, MissingCustomer
 from .events import MeterEvent, build_events
 from .outbox import LOCAL, PENDING, Outbox, Row
-from .transport import (
-    V1_CONCURRENCY,
-    V2_CONCURRENCY,
-    ClientPool,
-    Transport,
-    V1Transport,
-    V2StreamTransport,
-    make_client,
-)
 from .usage import Usage, check_customer, check_text, check_timestamp
 from .worker import Worker
+
+if TYPE_CHECKING:
+    import stripe
+
+    from .transport import Transport
 
 log = logging.getLogger("stripe_token_meter")
 
@@ -137,6 +132,10 @@ class TokenMeter:
         base = api_base or os.environ.get("STRIPE_API_BASE") or None
         self._base_addresses = {"api": base, "meter_events": base} if base else None
         self.local = self._client is None and self._key is None
+        if not self.local:
+            # The SDK is imported here, at construction (usually start-up), rather than by
+            # the worker during the first call, where it would hold the GIL for ~0.4 s.
+            from . import transport  # noqa: F401
         self._outbox_path = outbox_path
         self._max_queue = max_queue
         self._concurrency = concurrency
@@ -174,6 +173,17 @@ class TokenMeter:
         self._worker: Worker | None = None
 
     def _make_transport(self) -> Transport:
+        # Imported here: the stripe SDK is ~95 % of importing this package, and the local
+        # ledger (and every adapter import) never needs it.
+        from .transport import (
+            V1_CONCURRENCY,
+            V2_CONCURRENCY,
+            ClientPool,
+            V1Transport,
+            V2StreamTransport,
+            make_client,
+        )
+
         if self._key is not None:
             clients = ClientPool(
                 factory=functools.partial(make_client, self._key, self._base_addresses)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import stripe
+if TYPE_CHECKING:
+    import stripe
 
 DUPLICATE_MESSAGE: Final = "An event already exists with identifier"
 
@@ -61,6 +62,8 @@ def retry_after_seconds(err: stripe.StripeError) -> float | None:
 
 def classify(err: BaseException) -> Outcome:
     """Map an exception from a send to what happens to its events."""
+    import stripe  # here, not at import: the SDK is ~95 % of importing this package
+
     if not isinstance(err, stripe.StripeError):
         # httpx/OS errors that escaped the SDK, timeouts: transient.
         return Outcome(Verdict.RETRY, "connection_error", f"{type(err).__name__}: {err}")

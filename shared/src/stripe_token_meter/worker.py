@@ -20,14 +20,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .outbox import Outbox, Row
 from .retry import Outcome, Verdict, backoff
-from .transport import Transport
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from .meter import TokenMeter
+    from .transport import Transport
 
 log = logging.getLogger("stripe_token_meter")
 
