@@ -279,9 +279,16 @@ class FakeStripeProcess:
     "N events accepted, M error reports" line from stderr.
     """
 
-    def __init__(self, port: int | None = None, *, event_name: str = EVENT_NAME) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        event_name: str = EVENT_NAME,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or 0
         self.event_name = event_name
+        self.extra_args = list(extra_args)
         self.url = ""
         self.meter_id = ""
         self.accepted: int | None = None
@@ -299,6 +306,7 @@ class FakeStripeProcess:
             "--meter",
             self.event_name,
             "--auto-customers",
+            *self.extra_args,
         ]
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO

@@ -43,6 +43,56 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def drain_run(
+    fake: c.FakeStripeProcess, api: str, n: int, tmp: Path, concurrency: int
+) -> dict[str, Any]:
+    """Delivery alone: n events already in an outbox (as a meter stores them), one flush."""
+    from stripe_token_meter import Usage, build_events, normalize_model
+    from stripe_token_meter.outbox import PENDING, Outbox
+
+    tag = uuid.uuid4().hex[:10]
+    customer = f"cus_dr{api}{tag}"
+    path = tmp / f"drain-{api}-{tag}.sqlite3"
+    values = [1 + i % 7 for i in range(n)]
+    wall0 = time.time()
+    box = Outbox(path)
+    for lo in range(0, n, 5_000):
+        events = []
+        for i in range(lo, min(n, lo + 5_000)):
+            rid = c.request_id(tag, i)
+            usage = Usage(model="gpt-4o", provider="openai", input_tokens=values[i])
+            events += build_events(
+                usage,
+                customer_id=customer,
+                request_id=rid,
+                timestamp=wall0,
+                event_name=c.EVENT_NAME,
+                token_types="basic",
+                normalizer=normalize_model,
+            )
+        box.add(events, PENDING)
+    box.close()
+    meter = c.remote_meter(fake.base_addresses, path, api=api, concurrency=concurrency)
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
+    ok = meter.flush(timeout=900)  # starts the worker: the outbox has pending rows
+    dt = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+    if not ok:
+        print(f"flush timed out:\n{c.diagnose(meter)}", file=sys.stderr, flush=True)
+    stats = meter.stats()
+    meter.close(timeout=5)
+    client = c.sync_client(fake.base_addresses)
+    start, end = c.minute_window(wall0, time.time())
+    total = c.summed_value(client, fake.meter_id, customer, start, end)
+    return {
+        "rate": n / dt,
+        "cpu_us_per_event": cpu / n * 1e6,
+        "ok": ok and stats["delivered"] == n and total == float(sum(values)),
+        "detail": (stats["delivered"], total, sum(values)),
+    }
+
+
 def meter_run(
     fake: c.FakeStripeProcess, api: str, n: int, tmp: Path, concurrency: int
 ) -> dict[str, Any]:
@@ -156,16 +206,32 @@ async def _raw_post(fake: c.FakeStripeProcess, api: str, n: int, concurrency: in
 
 
 def bench_api(
-    report: c.Report, api: str, n: int, runs: int, tmp: Path, conc: int, quick: bool
+    report: c.Report,
+    api: str,
+    n: int,
+    runs: int,
+    tmp: Path,
+    conc: int,
+    quick: bool,
+    latency: float = 0.0,
 ) -> None:
     print(f"-- {api}: {n:,} events per run, {runs} runs, {conc} requests in flight", flush=True)
     results: list[dict[str, Any]] = []
+    drains: list[dict[str, Any]] = []
     raw: list[float] = []
-    with c.FakeStripeProcess() as fake:
-        print(f"  FakeStripe (own process) at {fake.url}, meter {fake.meter_id}", flush=True)
+    extra = ["--latency", str(latency)] if latency else []
+    lat = f", FakeStripe answering after {latency * 1000:.0f} ms" if latency else ""
+    with c.FakeStripeProcess(extra_args=extra) as fake:
+        print(f"  FakeStripe (own process) at {fake.url}, meter {fake.meter_id}{lat}", flush=True)
         for run in range(runs):
             c.wait_quiet(quick=quick)
             raw.append(asyncio.run(_raw_post(fake, api, n, conc)))
+            drains.append(drain_run(fake, api, n, tmp, conc))
+            print(
+                f"  run {run + 1}: from the outbox {drains[-1]['rate']:,.0f} ev/s "
+                f"({drains[-1]['cpu_us_per_event']:.0f} us CPU/event)",
+                flush=True,
+            )
             res = meter_run(fake, api, n, tmp, conc)
             results.append(res)
             print(
@@ -180,7 +246,25 @@ def bench_api(
     target = TARGETS[api]
     report.add(
         c.Result(
-            f"{api} meter -> FakeStripe (record + flush)",
+            f"{api} delivery from the outbox (events already stored){lat}",
+            c.summarize([r["rate"] for r in drains]),
+            "events/s",
+            target,
+            digits=0,
+            note=f"{n:,} events/run, concurrency {conc}",
+        )
+    )
+    report.add(
+        c.Result(
+            f"{api} ... meter process CPU",
+            c.summarize([r["cpu_us_per_event"] for r in drains]),
+            "us/event",
+            digits=0,
+        )
+    )
+    report.add(
+        c.Result(
+            f"{api} meter -> FakeStripe end to end (record, store, deliver){lat}",
             c.summarize([r["rate"] for r in results]),
             "events/s",
             target,
@@ -227,6 +311,11 @@ def bench_api(
         f"delivered per run {[r['delivered'] for r in results]}",
     )
     report.check(
+        f"{api}: from the outbox: all delivered, summaries sum exactly what was stored",
+        all(r["ok"] for r in drains),
+        f"(delivered, summed, expected) per run {[r['detail'] for r in drains]}",
+    )
+    report.check(
         f"{api}: event summaries sum exactly what was recorded (per run)",
         all(r["sum_ok"] for r in results),
         f"{[(r['sum'], r['expected_sum']) for r in results]}",
@@ -237,11 +326,12 @@ def bench_api(
         f"{sum(r['held'] for r in results)} held, {sum(r['missing'] for r in results)} missing",
     )
     # FakeStripe rejects a repeated identifier, so accepted == sent means each exactly once.
-    expected = sent_by_meter + n * runs + sum(r["missing"] for r in results)
+    expected = sent_by_meter + 2 * n * runs + sum(r["missing"] for r in results)
     report.check(
         f"{api}: FakeStripe accepted each identifier once",
         fake.accepted == expected,
-        f"accepted {fake.accepted} (meter {sent_by_meter} + raw {n * runs}); "
+        f"accepted {fake.accepted} (meter {sent_by_meter} + from the outbox {n * runs} + raw "
+        f"{n * runs}); "
         f"duplicate sends reported by FakeStripe: {fake.error_reports}",
     )
 
@@ -253,6 +343,12 @@ def main() -> int:
     p.add_argument("--v1-events", type=int, default=10_000)
     p.add_argument("--v2-concurrency", type=int, default=CONCURRENCY["v2"])
     p.add_argument("--v1-concurrency", type=int, default=CONCURRENCY["v1"])
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds FakeStripe waits before each answer (Stripe's own: ~0.05-0.2)",
+    )
     args = p.parse_args()
     quick = args.quick
     runs = args.runs or (1 if quick else 5)
@@ -262,7 +358,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="stm-bench-") as d:
         for api in args.api or ["v2", "v1"]:
             conc = args.v2_concurrency if api == "v2" else args.v1_concurrency
-            bench_api(report, api, sizes[api], runs, Path(d), conc, quick)
+            bench_api(report, api, sizes[api], runs, Path(d), conc, quick, args.latency)
     report.print_table()
     return 0 if report.ok else 1
 
