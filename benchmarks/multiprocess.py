@@ -2,8 +2,8 @@
 
 Each child process builds its own `TokenMeter` on the same outbox file, waits for "go",
 records its share of usages (one event each) and flushes. FakeStripe runs in this parent
-process (in a thread) because its standalone command has no fault flags yet; a thread here
-calls `fake.fail_next(...)` every `--fault-every` seconds: 429 with Retry-After on the v2
+process (in a thread, apart from the children doing the work) so that a thread here can
+call `fake.fail_next(...)` every `--fault-every` seconds: 429 with Retry-After on the v2
 stream, 500 on the stream and on session creation. Checked: every identifier accepted
 exactly once (FakeStripe's own list), nothing else accepted, every outbox row delivered.
 
