@@ -158,3 +158,24 @@ def test_client_pool_gives_each_request_in_flight_its_own_client() -> None:
     anyio.run(main)
     with pytest.raises(ValueError):
         ClientPool()
+
+
+def test_during_an_outage_one_batch_probes_and_the_rest_wait(
+    make_meter: MeterFactory, fake_stripe: Any
+) -> None:
+    """Every request fails with 500: the meter stops sending batch after batch into the
+    outage, probes with one at a time on a growing interval, and delivers all once back."""
+    stream = ("POST", "/v2/billing/meter_event_stream")
+    fake_stripe.fail_every(1, status=500, path_prefix=stream[1])
+    meter = make_meter(retry_base_delay=0.2, concurrency=2)
+    _record(meter, 3000)  # 30+ batches of 100
+    time.sleep(2.0)
+    probes = fake_stripe.requests[stream]
+    # The first 2 in flight, then holds of 0.1-0.2, 0.2-0.4, 0.4-0.8, 0.8-1.6 s between
+    # single probes: at most 2 + 5 requests in 2 s (sending every batch: 30 and more).
+    assert 1 <= probes <= 7, probes
+    assert fake_stripe.identifiers() == []
+    fake_stripe.clear_faults()
+    assert meter.flush(15)
+    ids = fake_stripe.identifiers()
+    assert len(ids) == 3000 and len(set(ids)) == 3000

@@ -142,7 +142,7 @@ class Outbox:
 
     def add(self, events: Iterable[MeterEvent], status: str = PENDING) -> int:
         """Insert events; an identifier already present is ignored (never doubled). Returns new rows."""
-        return len(self._insert(events, status, None, 0.0))
+        return self._insert(events, status, None, 0.0)[0]
 
     def add_leased(
         self, events: Iterable[MeterEvent], owner: str, lease_seconds: float
@@ -153,11 +153,12 @@ class Outbox:
         every row and decodes its payload, 15 % of the worker's time at 13,000 events/s.
         Identifiers already present are left out, exactly as `add` does.
         """
-        return self._insert(events, PENDING, owner, time.time() + lease_seconds)
+        return self._insert(events, PENDING, owner, time.time() + lease_seconds)[1]
 
     def _insert(
         self, events: Iterable[MeterEvent], status: str, owner: str | None, lease_until: float
-    ) -> list[Row]:
+    ) -> tuple[int, list[Row]]:
+        """(rows added, and with an `owner` those rows as claimed by it)."""
         now = time.time()
         batch = list(events)
         rows = [
@@ -179,30 +180,39 @@ class Outbox:
             for e in batch
         ]
         if not rows:
-            return []
+            return 0, []
+        added: list[tuple[int, str]] = []
         with self._lock:
+            before = self._conn.total_changes
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                # Under the write lock no one else inserts: rows above the current maximum
-                # id are exactly the ones this statement adds.
-                (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+                if owner is not None:
+                    # Under the write lock no one else inserts: rows above the current
+                    # maximum id are exactly the ones this statement adds.
+                    (last,) = self._conn.execute(
+                        "SELECT COALESCE(MAX(id), 0) FROM events"
+                    ).fetchone()
                 self._conn.executemany(
                     "INSERT OR IGNORE INTO events (identifier, event_name, customer_id, model,"
                     " token_type, value, timestamp, payload, status, created, delivered,"
                     " lease_owner, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-                added = self._conn.execute(
-                    "SELECT id, identifier FROM events WHERE id>? ORDER BY id", (last,)
-                ).fetchall()
+                count = self._conn.total_changes - before
+                if owner is not None:
+                    added = self._conn.execute(
+                        "SELECT id, identifier FROM events WHERE id>? ORDER BY id", (last,)
+                    ).fetchall()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        if owner is None:
+            return count, []
         first: dict[str, MeterEvent] = {}
         for e in batch:
             first.setdefault(e.identifier, e)
-        return [Row(id=i, event=first[ident], attempts=0) for i, ident in added]
+        return len(added), [Row(id=i, event=first[ident], attempts=0) for i, ident in added]
 
     def reject(self, code: str, field: str, message: str, record: dict[str, Any]) -> None:
         """Keep a usage record that could not become events (dead letter with its reason)."""

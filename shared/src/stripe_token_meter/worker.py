@@ -1,10 +1,11 @@
 """The background delivery loop: a daemon thread running its own anyio event loop.
 
 It never touches the host's event loop (LiteLLM may log after the host's loop ended).
-One loop owns the outbox: it moves queued records in, claims due rows for whichever of
-the `concurrency` sender tasks is free, and marks what they bring back delivered, retried
-later, paused or dead-lettered. Senders only talk to Stripe, so requests stay in flight
-back to back (pipelined) instead of in rounds that wait for their slowest request.
+One loop owns the outbox (its SQLite work runs on a helper thread, one turn at a time):
+it moves queued records in, hands fresh and due rows to whichever of the `concurrency`
+sender tasks is free, and marks what they bring back delivered, retried later, paused or
+dead-lettered. Senders only talk to Stripe, so requests stay in flight back to back
+(pipelined) instead of in rounds that wait for their slowest request.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ FLUSH_INTERVAL = 0.2
 WAKE_AT_QUEUED = 1000
 """...or this many are queued. Draining every small batch at once cost callers GIL time."""
 AUTH_PAUSE = 30.0
+OUTAGE_PROBE = 5.0
+"""While Stripe is unreachable, one batch probes it at most this many seconds apart."""
 
 
 class Worker:
@@ -78,6 +81,8 @@ class Worker:
         """When `_ready` last went from empty to not: no later than its oldest row's lease."""
         self._handed: dict[int, Sequence[Row]] = {}
         """Batches given to senders and not yet back, by `id()`."""
+        self._outage = 0
+        """Consecutive turns whose batches all failed (see `_note_outage`)."""
         self._next_store = 0.0
         self._next_claim = 0.0
         self._progress: anyio.Event
@@ -122,6 +127,9 @@ class Worker:
                     await self._loop(transport, to_send)
                 tg.cancel_scope.cancel()  # only requests still out past close()'s deadline
         finally:
+            if self._done:  # answers that came back after the last turn
+                done, self._done = self._done, []
+                self._apply(done)
             if self._handed:  # their rows go back now, not when their lease runs out
                 self._ready.extend(r for batch in self._handed.values() for r in batch)
                 self._handed.clear()
@@ -214,6 +222,8 @@ class Worker:
         if self._ready and now - self._ready_since > self._lease / 2:
             self._release_ready()  # slow sends: hand them back while the lease still holds
         size = transport.batch_size
+        if self._outage:  # one probe at a time: free only if nothing is out
+            free = 1 if free == transport.concurrency else 0
         batches: list[Sequence[Row]] = []
         while free > 0 and self._ready:
             batches.append([self._ready.popleft() for _ in range(min(size, len(self._ready)))])
@@ -260,12 +270,28 @@ class Worker:
         if self._progress.is_set():
             self._progress = anyio.Event()
 
+    def _note_outage(self, answered: int, failed: int) -> None:
+        """Whole batches failing (network, 5xx, 429) mean Stripe is down or pushing back:
+        hold all sending, then probe with one batch at a time until one gets through.
+        Meanwhile new records are only stored, not sent into the outage."""
+        if answered:
+            self._outage = 0
+        elif failed:
+            self._outage += 1
+            hold = backoff(self._outage - 1, base=self._base_delay, cap=OUTAGE_PROBE)
+            self.hold_until = max(self.hold_until, time.time() + hold)
+
     def _apply(self, results: list[tuple[Sequence[Row], list[Outcome]]]) -> None:
         delivered: list[int] = []
         dead: list[tuple[int, str, str]] = []
         paused: list[int] = []
         retry: dict[tuple[float, str, str], list[int]] = {}
+        answered = failed = 0
         for batch, outcomes in results:
+            if all(o.verdict is Verdict.RETRY for o in outcomes):
+                failed += 1
+            else:
+                answered += 1
             for row, outcome in zip(batch, outcomes, strict=False):
                 v = outcome.verdict
                 if v is Verdict.DELIVERED:
@@ -285,6 +311,7 @@ class Worker:
                         self.hold_until = max(self.hold_until, time.time() + outcome.retry_after)
                     key = (round(delay, 1), outcome.code, outcome.message)
                     retry.setdefault(key, []).append(row.id)
+        self._note_outage(answered, failed)
         self._outbox.mark_delivered(delivered)
         self._outbox.mark_dead(dead)
         for (delay, code, message), ids in retry.items():
