@@ -179,3 +179,17 @@ def test_during_an_outage_one_batch_probes_and_the_rest_wait(
     assert meter.flush(15)
     ids = fake_stripe.identifiers()
     assert len(ids) == 3000 and len(set(ids)) == 3000
+
+
+def test_v2_events_skip_the_sdks_form_encoding_but_send_as_a_plain_list() -> None:
+    """Pins the SDK behaviour `transport._EventList` relies on (benchmarks finding 3): if a
+    stripe release changes it, delivery stays correct but costs 2.8 ms more per request."""
+    import json
+
+    from stripe._encode import _api_encode
+    from stripe_token_meter.transport import _EventList
+
+    events = [{"identifier": f"r{i}", "payload": {"value": str(i)}} for i in range(100)]
+    params = {"events": _EventList(events)}
+    assert list(_api_encode(params)) == [("events", "100 events")]
+    assert json.loads(json.dumps(params)) == {"events": events}
