@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stripe_token_meter import TokenMeter
+from stripe_token_meter import TokenMeter, Usage
 from stripe_token_meter.transport import make_client
 
 RECORDER = textwrap.dedent(
@@ -133,3 +133,31 @@ def test_several_processes_share_one_outbox(fake_stripe: Any, tmp_path: Path) ->
     meter = _drain(fake_stripe, outbox)  # picks up anything a process left behind
     _assert_each_once(fake_stripe, 1500)
     meter.close()
+
+
+def test_records_survive_a_failed_store(local_meter: Any) -> None:
+    """Disk full while the worker stores a drain: the records it took are kept in memory,
+    counted as queued, stored once there is room again; none lost, none doubled."""
+    meter = local_meter()
+    meter.record(Usage(customer_id="cus_a", model="openai/gpt-4o", input_tokens=1, request_id="a"))
+    assert meter.flush(10)
+    box = meter._outbox
+    with box._lock:
+        (pages,) = box._conn.execute("PRAGMA page_count").fetchone()
+        box._conn.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL on growth
+    for i in range(300):
+        meter.record(
+            Usage(customer_id="cus_a", model="openai/gpt-4o", input_tokens=2, request_id=f"r{i}")
+        )
+    deadline = time.monotonic() + 5
+    while "full" not in (meter.stats()["last_error"] or "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = meter.stats()
+    assert "full" in (stats["last_error"] or ""), stats
+    assert stats["queued"] == 300 and stats["local"] == 1
+    assert not meter.flush(0.5)  # not claimed done while records wait in memory
+    with box._lock:
+        box._conn.execute("PRAGMA max_page_count=1073741823")
+    assert meter.flush(10)
+    stats = meter.stats()
+    assert stats["queued"] == 0 and stats["local"] == 301 and stats["recorded"] == 301

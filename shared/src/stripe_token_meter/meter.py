@@ -169,6 +169,8 @@ class TokenMeter:
         self._warned: set[str] = set()
         self._delivered_in_process = 0
         self._in_drain = 0
+        self._carry: list[_Item] = []
+        """Records a drain took but could not store (disk full...): stored by the next one."""
         """Records taken off the queue by a drain and not yet stored (still "queued")."""
         self._worker: Worker | None = None
 
@@ -344,33 +346,41 @@ class TokenMeter:
         Holds `_drain_lock` from the first `get` to the commit, so `flush()` can tell
         "queue empty" apart from "taken off the queue but not yet stored". Batches stay
         small so a caller writing through (queue full) never waits long for the outbox.
-        With `lease_owner`, the new rows come back already claimed by it.
+        With `lease_owner`, the new rows come back already claimed by it. If storing fails
+        (disk full, database locked), the records taken are kept for the next drain.
         """
-        events: list[MeterEvent] = []
         rows: list[Row] = []
-        n = 0
         get = self._queue.get_nowait
         with self._drain_lock:
+            taken, self._carry = self._carry, []
             try:
-                while n < limit:
-                    self._in_drain = n + 1  # counted before it leaves the queue, never in neither
+                while len(taken) < limit:
+                    self._in_drain = len(taken) + 1  # counted before it leaves the queue
                     try:
-                        item = get()
+                        taken.append(get())
                     except queue.Empty:
                         break
-                    n += 1
-                    events.extend(self._events_or_reject(item))
-                self._in_drain = n
-                if n:
+                self._in_drain = len(taken)
+                if taken:
+                    events: list[MeterEvent] = []
+                    for item in taken:
+                        events.extend(self._events_or_reject(item))
                     rows = self._store(events, lease_owner)
-                    self._count("recorded", n)
+                    self._count("recorded", len(taken))
+            except BaseException:
+                self._carry = taken  # nothing taken off the queue is lost
+                raise
             finally:
-                self._in_drain = 0
-        return n, rows
+                self._in_drain = len(self._carry)
+        return len(taken), rows
 
     def _write_through(self, item: _Item) -> None:
         """`durable="sync"`, after close() or past the queue bound: straight to the outbox."""
-        self._store(self._events_or_reject(item))
+        try:
+            self._store(self._events_or_reject(item))
+        except Exception:
+            self._queue.put(item)  # kept in memory: the next drain stores it
+            raise
         self._count("recorded")
         if self._worker is not None:
             self._worker.wake.set()
@@ -423,7 +433,7 @@ class TokenMeter:
                 worker.wake.set()
             else:
                 self._drain_queue(limit=10**9)
-            if self._queue.empty():
+            if self._queue.empty() and not self._carry:
                 with self._drain_lock:  # wait out a drain that took items but has not stored them
                     pass
                 if self.local or not self._outbox.has_pending():

@@ -134,6 +134,12 @@ class Outbox:
         with self._lock:
             self._conn.executescript(_SCHEMA)
 
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open: SQLite already rolled back on some
+        errors (disk full), and a second ROLLBACK would hide the real one."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -205,7 +211,7 @@ class Outbox:
                     ).fetchall()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         if owner is None:
             return count, []
@@ -250,7 +256,7 @@ class Outbox:
                 fetched = cur.fetchall()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         fetched.sort(key=lambda r: r[0])
         return [
@@ -299,7 +305,7 @@ class Outbox:
                 self._conn.executemany(sql, params)
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def mark_delivered(self, ids: Sequence[int]) -> None:

@@ -127,13 +127,15 @@ class Worker:
                     await self._loop(transport, to_send)
                 tg.cancel_scope.cancel()  # only requests still out past close()'s deadline
         finally:
-            if self._done:  # answers that came back after the last turn
-                done, self._done = self._done, []
-                self._apply(done)
-            if self._handed:  # their rows go back now, not when their lease runs out
-                self._ready.extend(r for batch in self._handed.values() for r in batch)
-                self._handed.clear()
-            self._release_ready()
+            try:
+                if self._done:  # answers that came back after the last turn
+                    done, self._done = self._done, []
+                    self._apply(done)
+            finally:
+                if self._handed:  # their rows go back now, not when their lease runs out
+                    self._ready.extend(r for batch in self._handed.values() for r in batch)
+                    self._handed.clear()
+                self._release_ready()
             if transport is not None:
                 with anyio.CancelScope(shield=True):
                     await transport.aclose()
@@ -148,6 +150,9 @@ class Worker:
         """
         limiter = anyio.CapacityLimiter(1)
         while True:
+            # A fresh event each turn: a set one left from a turn that did not idle would
+            # make `_idle` spin until the store timer.
+            self._progress = anyio.Event()
             done, self._done = self._done, []
             free = transport.concurrency - len(self._handed) if transport is not None else 0
             try:
@@ -155,6 +160,7 @@ class Worker:
                     self._db_step, transport, done, free, limiter=limiter
                 )
             except Exception as exc:  # e.g. disk full, database locked: keep going
+                self._done[:0] = done  # answers not yet applied: apply them next turn
                 log.exception("stripe-token-meter: delivery turn failed; retrying in 1 s")
                 self._meter._note_error("worker_error", repr(exc))
                 await anyio.sleep(1.0)
@@ -230,7 +236,12 @@ class Worker:
             free -= 1
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
-        rows = self._outbox.claim(self.owner, size * free, self._lease)
+        try:
+            rows = self._outbox.claim(self.owner, size * free, self._lease)
+        except Exception:
+            for batch in reversed(batches):  # not handed out: keep them for the next turn
+                self._ready.extendleft(reversed(batch))
+            raise
         if not rows:
             self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
         batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
