@@ -494,3 +494,16 @@ def request_id(tag: str, i: int) -> str:
     index far more than sequential ones, so benchmarks must not use `f"{tag}-{i}"`."""
     digest = hashlib.blake2b(f"{tag}-{i}".encode(), digest_size=16).digest()
     return str(uuid.UUID(bytes=digest))
+
+
+def record_one(meter: Any, customer: str, request_id: str, prompt_tokens: int) -> None:
+    """One LLM call of one event, in the form the adapters use (`counts="openai"`)."""
+    meter.record(
+        counts="openai",
+        model="gpt-4o-2024-08-06",
+        provider="openai",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=0,
+        customer_id=customer,
+        request_id=request_id,
+    )

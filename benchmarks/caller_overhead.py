@@ -261,6 +261,18 @@ def skip(report: c.Report, label: str, exc: BaseException) -> None:
     report.checks.append((f"{label} adapter present", True, "skipped: " + str(exc)[:80]))
 
 
+def check_one_record_per_call(report: c.Report, framework: str, meter: Any, expected: int) -> None:
+    """Close the meter; every LLM call must have become exactly one valid record with usage."""
+    stats = meter.stats()
+    meter.close()
+    report.check(
+        f"{framework}: one record per LLM call",
+        stats["recorded"] == expected and stats["invalid"] == 0 and stats["no_usage"] == 0,
+        f"recorded={stats['recorded']} expected={expected} invalid={stats['invalid']} "
+        f"no_usage={stats['no_usage']} adapter_errors={stats['adapter_errors']}",
+    )
+
+
 def bench_langchain(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
     try:
         from langchain_stripe import StripeCallbackHandler
@@ -329,15 +341,7 @@ def bench_langchain(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
             note="a plain BaseCallbackHandler pays LangChain's NotImplementedError fallback",
         )
     )
-    stats = meter.stats()
-    meter.close()
-    expected = calls_made(runs, calls)
-    report.check(
-        "LangChain: one record per LLM call",
-        stats["recorded"] == expected and stats["invalid"] == 0 and stats["no_usage"] == 0,
-        f"recorded={stats['recorded']} expected={expected} invalid={stats['invalid']} "
-        f"no_usage={stats['no_usage']} adapter_errors={stats['adapter_errors']}",
-    )
+    check_one_record_per_call(report, "LangChain", meter, calls_made(runs, calls))
 
 
 def bench_litellm(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
@@ -392,15 +396,7 @@ def bench_litellm(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
     times = compare(call, conditions, runs, calls, settle)
     report_adapter(report, "LiteLLM completion (caller time)", times, "no-op CustomLogger")
     settle()
-    stats = meter.stats()
-    meter.close()
-    expected = calls_made(runs, calls)
-    report.check(
-        "LiteLLM: one record per LLM call",
-        stats["recorded"] == expected and stats["invalid"] == 0,
-        f"recorded={stats['recorded']} expected={expected} invalid={stats['invalid']} "
-        f"no_usage={stats['no_usage']} adapter_errors={stats['adapter_errors']}",
-    )
+    check_one_record_per_call(report, "LiteLLM", meter, calls_made(runs, calls))
 
 
 def bench_llamaindex(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
@@ -498,15 +494,7 @@ def bench_llamaindex(report: c.Report, tmp: Path, runs: int, calls: int) -> None
         scope=lambda: meter.customer(CUSTOMER),
     )
     report_adapter(report, "LlamaIndex MockLLM.chat", times, "no-op event + span handler")
-    stats = meter.stats()
-    meter.close()
-    expected = calls_made(runs, calls)
-    report.check(
-        "LlamaIndex: one record per LLM call",
-        stats["recorded"] == expected and stats["invalid"] == 0 and stats["no_usage"] == 0,
-        f"recorded={stats['recorded']} expected={expected} invalid={stats['invalid']} "
-        f"no_usage={stats['no_usage']} adapter_errors={stats['adapter_errors']}",
-    )
+    check_one_record_per_call(report, "LlamaIndex", meter, calls_made(runs, calls))
 
 
 def main() -> int:

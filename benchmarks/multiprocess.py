@@ -45,15 +45,7 @@ def child(url: str, outbox: str, index: int, n: int, tag: str, timeout: float) -
     sys.stdin.readline()  # "go"
     t0 = time.perf_counter()
     for i in range(n):
-        meter.record(
-            counts="openai",
-            model="gpt-4o-2024-08-06",
-            provider="openai",
-            prompt_tokens=1 + i % 3,
-            completion_tokens=0,
-            customer_id=customer,
-            request_id=rids[i],
-        )
+        c.record_one(meter, customer, rids[i], 1 + i % 3)
     recorded = time.perf_counter() - t0
     ok = meter.flush(timeout=timeout)
     if not ok:

@@ -108,15 +108,7 @@ def meter_run(
     wall0 = time.time()
     t0 = time.perf_counter()
     for i in range(n):
-        meter.record(
-            counts="openai",
-            model="gpt-4o-2024-08-06",
-            provider="openai",
-            prompt_tokens=values[i],
-            completion_tokens=0,
-            customer_id=customer,
-            request_id=rids[i],
-        )
+        c.record_one(meter, customer, rids[i], values[i])
     t1 = time.perf_counter()
     cpu0 = _cpu()
     server0 = fake.cpu_seconds()
@@ -244,67 +236,23 @@ def bench_api(
             )
         sent_by_meter = sum(r["delivered"] for r in results)
     target = TARGETS[api]
-    report.add(
-        c.Result(
-            f"{api} delivery from the outbox (events already stored){lat}",
-            c.summarize([r["rate"] for r in drains]),
-            "events/s",
-            target,
-            digits=0,
-            note=f"{n:,} events/run, concurrency {conc}",
-        )
-    )
-    report.add(
-        c.Result(
-            f"{api} ... meter process CPU",
-            c.summarize([r["cpu_us_per_event"] for r in drains]),
-            "us/event",
-            digits=0,
-        )
-    )
-    report.add(
-        c.Result(
-            f"{api} meter -> FakeStripe end to end (record, store, deliver){lat}",
-            c.summarize([r["rate"] for r in results]),
-            "events/s",
-            target,
-            digits=0,
-            note=f"{n:,} events/run, concurrency {conc}",
-        )
-    )
-    report.add(
-        c.Result(
-            f"{api} flush() alone",
-            c.summarize([r["flush_rate"] for r in results]),
-            "events/s",
-            digits=0,
-        )
-    )
-    report.add(
-        c.Result(
-            f"{api} meter process CPU during flush",
-            c.summarize([r["cpu_us_per_event"] for r in results]),
-            "us/event",
-            digits=0,
-        )
-    )
-    report.add(
-        c.Result(
-            f"{api} FakeStripe CPU while the meter flushes",
-            c.summarize([100 * r["server_cpu_share"] for r in results]),
-            "% of a core",
-            digits=0,
-        )
-    )
-    report.add(
-        c.Result(
-            f"{api} FakeStripe alone (raw httpx, {conc} in flight)",
-            c.summarize(raw),
-            "events/s",
-            digits=0,
-            note="the server's ceiling on this machine",
-        )
-    )
+    each = f"{n:,} events/run, concurrency {conc}"
+    rows: list[tuple[str, list[float], str, c.Target | None, str]] = [
+        (f"delivery from the outbox (events already stored){lat}",
+         [r["rate"] for r in drains], "events/s", target, each),
+        ("... meter process CPU", [r["cpu_us_per_event"] for r in drains], "us/event", None, ""),
+        (f"meter -> FakeStripe end to end (record, store, deliver){lat}",
+         [r["rate"] for r in results], "events/s", target, each),
+        ("flush() alone", [r["flush_rate"] for r in results], "events/s", None, ""),
+        ("meter process CPU during flush",
+         [r["cpu_us_per_event"] for r in results], "us/event", None, ""),
+        ("FakeStripe CPU while the meter flushes",
+         [100 * r["server_cpu_share"] for r in results], "% of a core", None, ""),
+        (f"FakeStripe alone (raw httpx, {conc} in flight)", raw, "events/s", None,
+         "the server's ceiling on this machine"),
+    ]  # fmt: skip
+    for name, values, unit, goal, note in rows:
+        report.add(c.Result(f"{api} {name}", c.summarize(values), unit, goal, note, digits=0))
     report.check(
         f"{api}: every run flushed, nothing dead",
         all(r["flushed"] and r["delivered"] == n and r["dead"] == 0 for r in results),

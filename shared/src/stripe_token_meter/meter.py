@@ -169,9 +169,9 @@ class TokenMeter:
         self._warned: set[str] = set()
         self._delivered_in_process = 0
         self._in_drain = 0
+        """Records taken off the queue by a drain and not yet stored (still "queued")."""
         self._carry: list[_Item] = []
         """Records a drain took but could not store (disk full...): stored by the next one."""
-        """Records taken off the queue by a drain and not yet stored (still "queued")."""
         self._worker: Worker | None = None
 
     def _make_transport(self) -> Transport:
@@ -341,7 +341,7 @@ class TokenMeter:
     def _drain_queue(
         self, limit: int = 500, lease_owner: str | None = None
     ) -> tuple[int, list[Row]]:
-        """Move queued records into the outbox (one transaction). Returns records moved.
+        """Move queued records into the outbox (one transaction): (records moved, rows leased).
 
         Holds `_drain_lock` from the first `get` to the commit, so `flush()` can tell
         "queue empty" apart from "taken off the queue but not yet stored". Batches stay

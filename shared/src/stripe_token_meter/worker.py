@@ -278,8 +278,6 @@ class Worker:
                 break
             with anyio.move_on_after(IDLE_POLL):
                 await self._progress.wait()
-        if self._progress.is_set():
-            self._progress = anyio.Event()
 
     def _note_outage(self, answered: int, failed: int) -> None:
         """Whole batches failing (network, 5xx, 429) mean Stripe is down or pushing back:
