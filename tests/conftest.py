@@ -13,7 +13,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.pop("STRIPE_API_KEY", None)
 
 from stripe_token_meter import TokenMeter
-from stripe_token_meter.transport import make_client
 
 EVENT_NAME = "token-billing-tokens"
 
@@ -35,7 +34,9 @@ def make_meter(fake_stripe: Any, tmp_path: Path) -> Iterator[Callable[..., Token
     meters: list[TokenMeter] = []
 
     def factory(**kwargs: Any) -> TokenMeter:
-        kwargs.setdefault("stripe_client", make_client("sk_test_fake", fake_stripe.base_addresses))
+        if "stripe_client" not in kwargs:  # configured as users do: a key and an API base
+            kwargs.setdefault("api_key", "sk_test_fake")
+            kwargs.setdefault("api_base", fake_stripe.url)
         kwargs.setdefault("outbox_path", tmp_path / f"outbox-{len(meters)}.sqlite3")
         meter = TokenMeter(**kwargs)
         meters.append(meter)

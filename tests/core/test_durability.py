@@ -13,19 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from stripe_token_meter import TokenMeter, Usage
-from stripe_token_meter.transport import make_client
 
 RECORDER = textwrap.dedent(
     """
     import os, sys, time
     from stripe_token_meter import TokenMeter, Usage
-    from stripe_token_meter.transport import make_client
     url = os.environ["FAKE_STRIPE_URL"]
-    client = make_client("sk_test_fake", {"api": url, "meter_events": url}) if url != "none" else None
-    meter = TokenMeter(stripe_client=client, outbox_path=os.environ["OUTBOX"], api=os.environ.get("API", "v2"),
-                       exit_timeout=float(os.environ.get("EXIT_TIMEOUT", "5")), retry_base_delay=0.05)
-    if client is None:  # a key that points nowhere: events must stay pending
-        meter = TokenMeter(stripe_client=make_client("sk_test_fake", {"api": "http://127.0.0.1:9", "meter_events": "http://127.0.0.1:9"}),
+    if url != "none":
+        meter = TokenMeter(api_key="sk_test_fake", api_base=url, outbox_path=os.environ["OUTBOX"],
+                           api=os.environ.get("API", "v2"), retry_base_delay=0.05,
+                           exit_timeout=float(os.environ.get("EXIT_TIMEOUT", "5")))
+    else:  # a key that points nowhere: events must stay pending
+        meter = TokenMeter(api_key="sk_test_fake", api_base="http://127.0.0.1:9",
                            outbox_path=os.environ["OUTBOX"], exit_timeout=float(os.environ.get("EXIT_TIMEOUT", "5")))
     n = int(os.environ["N"])
     for i in range(n):
@@ -48,9 +47,7 @@ def _run(fake_url: str, outbox: Path, n: int, **env: str) -> subprocess.Popen[st
 
 
 def _drain(fake: Any, outbox: Path) -> TokenMeter:
-    meter = TokenMeter(
-        stripe_client=make_client("sk_test_fake", fake.base_addresses), outbox_path=outbox
-    )
+    meter = TokenMeter(api_key="sk_test_fake", api_base=fake.url, outbox_path=outbox)
     assert meter.flush(60)
     return meter
 

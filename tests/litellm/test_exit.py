@@ -37,15 +37,13 @@ atexit.register(lambda: print("REPORT " + json.dumps({"late": late}), flush=True
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from stripe_token_meter import TokenMeter
-from stripe_token_meter.transport import make_client
 from litellm_stripe import StripeLogger
 
 url = os.environ["FAKE_STRIPE_URL"]
 
 
 def meter(outbox, **kw):
-    client = make_client("sk_test_fake", {"api": url, "meter_events": url})
-    return TokenMeter(stripe_client=client, outbox_path=outbox, **kw)
+    return TokenMeter(api_key="sk_test_fake", api_base=url, outbox_path=outbox, **kw)
 
 
 class Probe(CustomLogger):
@@ -90,12 +88,10 @@ loop.run_until_complete(main(meter_b, range(5, 10)))
 SECOND = r"""
 import os
 from stripe_token_meter import TokenMeter
-from stripe_token_meter.transport import make_client
 
 url = os.environ["FAKE_STRIPE_URL"]
 for outbox in (os.environ["OUTBOX_A"], os.environ["OUTBOX_B"]):
-    client = make_client("sk_test_fake", {"api": url, "meter_events": url})
-    meter = TokenMeter(stripe_client=client, outbox_path=outbox)
+    meter = TokenMeter(api_key="sk_test_fake", api_base=url, outbox_path=outbox)
     assert meter.flush(20), meter.stats()
     meter.close()
 """

@@ -12,7 +12,6 @@ from llama_index.core.instrumentation.dispatcher import instrument_tags
 from llama_index.core.llms import ChatMessage
 from llamaindex_stripe import StripeEventHandler, StripeSpanHandler, instrument, uninstrument
 from stripe_token_meter.testing import FakeStripe
-from stripe_token_meter.transport import make_client
 from support.events import event_tuples
 
 CUS = "cus_inst"
@@ -73,9 +72,7 @@ def test_several_meters_each_bill_every_call(
         other.create_meter("token-billing-tokens")
         other.auto_customers = True
         a = make_meter(default_customer_id=CUS)
-        b = make_meter(
-            default_customer_id=CUS, stripe_client=make_client("sk_test_fake", other.base_addresses)
-        )
+        b = make_meter(default_customer_id=CUS, api_key="sk_test_fake", api_base=other.url)
         ha, hb = instrument(a), instrument(b)
         assert ha is not hb
         assert instrument(a) is ha and instrument(b) is hb

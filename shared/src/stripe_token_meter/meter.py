@@ -8,7 +8,6 @@ building, storage and delivery all happen on the worker thread.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import queue
@@ -180,21 +179,19 @@ class TokenMeter:
         from .transport import (
             V1_CONCURRENCY,
             V2_CONCURRENCY,
-            ClientPool,
             V1Transport,
             V2StreamTransport,
             make_client,
         )
 
-        if self._key is not None:
-            clients = ClientPool(
-                factory=functools.partial(make_client, self._key, self._base_addresses)
-            )
-        else:
-            clients = ClientPool(shared=self._client)
+        owned = self._key is not None
+        client = make_client(self._key, self._base_addresses) if self._key else self._client
+        assert client is not None
         if self.api == "v1":
-            return V1Transport(clients, concurrency=self._concurrency or V1_CONCURRENCY)
-        return V2StreamTransport(clients, concurrency=self._concurrency or V2_CONCURRENCY)
+            return V1Transport(client, owned=owned, concurrency=self._concurrency or V1_CONCURRENCY)
+        return V2StreamTransport(
+            client, owned=owned, concurrency=self._concurrency or V2_CONCURRENCY
+        )
 
     def _start_worker(self) -> Worker:
         with self._state_lock:

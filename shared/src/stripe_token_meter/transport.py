@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+import aiohttp  # noqa: F401  # here, at construction: stripe.AIOHTTPClient imports it lazily
 import anyio
 import stripe
 
@@ -25,8 +26,7 @@ V2_CONCURRENCY = 16
 """v2 requests in flight (100 events each). Against a 50 ms Stripe, 8 delivered 11,700
 events/s and 16 delivered 19,300 (benchmarks/throughput.py --latency 0.05)."""
 V1_CONCURRENCY = 64
-"""v1 requests in flight (one event each): 470 events/s at 32 and 600 at 64 against 50 ms.
-Each costs the SDK ~1.1 ms of CPU, so one process tops out near 900/s; use v2 for more."""
+"""v1 requests in flight (one event each): 470 events/s at 32 and 600 at 64 against 50 ms."""
 SESSION_MARGIN = 60.0
 """Renew a v2 session this many seconds before Stripe says it expires (15-minute tokens)."""
 
@@ -77,15 +77,36 @@ class _EventList(list[dict[str, Any]]):
         self.id = f"{len(events)} events"
 
 
+class _Client:
+    """The transport's `StripeClient`, and whether the transport closes it.
+
+    A client the meter made (from its key) is the transport's to close; one the user passed
+    in is shared as is and never closed here.
+    """
+
+    def __init__(self, client: stripe.StripeClient, *, owned: bool) -> None:
+        self.client = client
+        self.owned = owned
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await _close_client(self.client)
+
+
 class V2StreamTransport:
     """`/v2/billing/meter_event_stream`: up to 100 events a request, session-token auth."""
 
     api = "v2"
 
     def __init__(
-        self, clients: ClientPool, *, batch_size: int = 100, concurrency: int = V2_CONCURRENCY
+        self,
+        client: stripe.StripeClient,
+        *,
+        owned: bool = False,
+        batch_size: int = 100,
+        concurrency: int = V2_CONCURRENCY,
     ) -> None:
-        self._clients = clients
+        self._client = _Client(client, owned=owned)
         self.batch_size = min(batch_size, 100)
         self.concurrency = concurrency
         self._token: str | None = None
@@ -95,8 +116,8 @@ class V2StreamTransport:
     async def _session_token(self, renew: bool = False) -> str:
         async with self._lock:
             if renew or self._token is None or time.time() >= self._expires - SESSION_MARGIN:
-                async with self._clients.client() as client:
-                    session = await client.v2.billing.meter_event_session.create_async()
+                client = self._client.client
+                session = await client.v2.billing.meter_event_session.create_async()
                 self._token = session.authentication_token
                 self._expires = _parse_expiry(session.expires_at)
             assert self._token is not None
@@ -114,11 +135,10 @@ class V2StreamTransport:
                 for r in rows
             ]
         )
-        async with self._clients.client() as client:
-            await client.v2.billing.meter_event_stream.create_async(
-                {"events": events},  # type: ignore[typeddict-item]
-                options={"api_key": token},
-            )
+        await self._client.client.v2.billing.meter_event_stream.create_async(
+            {"events": events},  # type: ignore[typeddict-item]
+            options={"api_key": token},
+        )
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
         renew = False
@@ -141,7 +161,7 @@ class V2StreamTransport:
         return [outcome] * len(rows)
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._client.aclose()
 
 
 class V1Transport:
@@ -150,79 +170,37 @@ class V1Transport:
     api = "v1"
     batch_size = 1
 
-    def __init__(self, clients: ClientPool, *, concurrency: int = V1_CONCURRENCY) -> None:
-        self._clients = clients
+    def __init__(
+        self, client: stripe.StripeClient, *, owned: bool = False, concurrency: int = V1_CONCURRENCY
+    ) -> None:
+        self._client = _Client(client, owned=owned)
         self.concurrency = concurrency
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
         out: list[Outcome] = []
-        async with self._clients.client() as client:
-            for r in rows:
-                e = r.event
-                try:
-                    await client.v1.billing.meter_events.create_async(
-                        {
-                            "event_name": e.event_name,
-                            "identifier": e.identifier,
-                            "payload": e.payload,
-                            "timestamp": e.timestamp,
-                        }
-                    )
-                    out.append(_DELIVERED)
-                except Exception as exc:  # classified; nothing escapes the worker
-                    out.append(classify(exc))
+        client = self._client.client
+        for r in rows:
+            e = r.event
+            try:
+                await client.v1.billing.meter_events.create_async(
+                    {
+                        "event_name": e.event_name,
+                        "identifier": e.identifier,
+                        "payload": e.payload,
+                        "timestamp": e.timestamp,
+                    }
+                )
+                out.append(_DELIVERED)
+            except Exception as exc:  # classified; nothing escapes the worker
+                out.append(classify(exc))
         return out
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
-
-
-class ClientPool:
-    """Stripe clients for the requests in flight: a given client shared, or one per request.
-
-    With a key, each request in flight gets its own `StripeClient` (one HTTP connection
-    each): on one shared httpx pool, httpcore probes every pooled connection on every
-    request, 29 % of the v1 worker's CPU at 16 in flight (benchmarks/README.md, finding 5).
-    A client the user passed in is shared as is, and never closed here.
-    """
-
-    def __init__(
-        self,
-        shared: stripe.StripeClient | None = None,
-        factory: Callable[[], stripe.StripeClient] | None = None,
-    ) -> None:
-        if (shared is None) == (factory is None):
-            raise ValueError("ClientPool needs exactly one of shared or factory")
-        self._shared = shared
-        self._factory = factory
-        self._idle: list[stripe.StripeClient] = []
-        self._made: list[stripe.StripeClient] = []
-
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[stripe.StripeClient]:
-        if self._shared is not None:
-            yield self._shared
-            return
-        if self._idle:
-            client = self._idle.pop()
-        else:
-            assert self._factory is not None
-            client = self._factory()
-            self._made.append(client)
-        try:
-            yield client
-        finally:
-            self._idle.append(client)
-
-    async def aclose(self) -> None:
-        for client in self._made:
-            await _close_client(client)
-        self._made.clear()
-        self._idle.clear()
+        await self._client.aclose()
 
 
 async def _close_client(client: stripe.StripeClient) -> None:
-    """Close the async HTTP pool we opened, so interpreter exit does not hang on it."""
+    """Close the HTTP session we opened, so interpreter exit does not hang on it."""
     http = getattr(getattr(client, "_requestor", None), "_client", None)
     close = getattr(http, "close_async", None)
     if close is not None:
@@ -231,8 +209,15 @@ async def _close_client(client: stripe.StripeClient) -> None:
 
 
 def make_client(api_key: str, base_addresses: dict[str, str] | None = None) -> stripe.StripeClient:
-    """A `StripeClient` on httpx (async capable), no SDK retries: ours are in `retry.py`."""
-    kwargs: dict[str, Any] = {"http_client": stripe.HTTPXClient(), "max_network_retries": 0}
+    """The worker's own `StripeClient`: the SDK's aiohttp client, no SDK retries (ours are in
+    `retry.py`).
+
+    aiohttp, not httpx: a v1 request costs the SDK ~0.33 ms of CPU over aiohttp against
+    ~1.0 ms over httpx, whose async pool also probes every pooled connection per request
+    (benchmarks/README.md, finding 15). Its session belongs to the event loop that first
+    uses it, so each worker makes its own client; it cannot make synchronous calls.
+    """
+    kwargs: dict[str, Any] = {"http_client": stripe.AIOHTTPClient(), "max_network_retries": 0}
     if base_addresses:
         kwargs["base_addresses"] = base_addresses
     return stripe.StripeClient(api_key, **kwargs)
