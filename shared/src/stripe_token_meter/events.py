@@ -80,11 +80,13 @@ def build_events(
     ts = int(timestamp)
     events = []
     for token_type, value in split_counts(usage, token_types):
-        payload = dict(usage.dimensions)
-        payload[customer_key] = customer_id
-        payload[value_key] = str(value)
-        payload["model"] = model
-        payload["token_type"] = token_type
+        payload = {
+            **usage.dimensions,
+            customer_key: customer_id,
+            value_key: str(value),
+            "model": model,
+            "token_type": token_type,
+        }
         events.append(
             MeterEvent(
                 identifier=make_identifier(request_id, token_type, event_name),

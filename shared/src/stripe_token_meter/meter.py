@@ -258,9 +258,12 @@ class TokenMeter:
                 raise InvalidUsage("fields", f"{exc}; see Usage's fields") from None
         elif not isinstance(usage, Usage):
             raise InvalidUsage("usage", f"must be a Usage, got {type(usage).__name__}")
-        clash = sorted(self._reserved & usage.dimensions.keys())
-        if clash:
-            raise InvalidDimension("dimensions", f"keys {clash} are the meter's own payload keys")
+        if usage.dimensions:
+            clash = sorted(self._reserved & usage.dimensions.keys())
+            if clash:
+                raise InvalidDimension(
+                    "dimensions", f"keys {clash} are the meter's own payload keys"
+                )
         customer = resolve_customer(usage.customer_id, scoped, fallback, self.default_customer_id)
         if customer is None:
             raise MissingCustomer(
@@ -268,7 +271,8 @@ class TokenMeter:
                 "no customer for this call: pass stripe_customer_id in the call's metadata, use "
                 "`with meter.customer('cus_...')`, or set a handler customer_id/default_customer_id",
             )
-        customer = check_customer("customer_id", customer)
+        if customer is not usage.customer_id and customer is not self.default_customer_id:
+            customer = check_customer("customer_id", customer)  # the others are checked
         ts = (
             usage.timestamp
             if usage.timestamp is not None

@@ -63,6 +63,13 @@ def check_count(name: str, value: object) -> int:
     )
 
 
+def _counts(*named: tuple[str, object]) -> list[int]:
+    """`check_count` over several fields; plain in-range ints (nearly always) skip the call."""
+    return [
+        v if type(v) is int and 0 <= v <= MAX_COUNT else check_count(name, v) for name, v in named
+    ]
+
+
 def check_customer(name: str, value: object) -> str:
     """A Stripe customer id (`cus_` + letters and digits), or `InvalidCustomer`."""
     if isinstance(value, str) and _CUSTOMER_RE.fullmatch(value) and len(value) <= 255:
@@ -107,7 +114,7 @@ def check_dimensions(
     value: object, reserved: frozenset[str] = RESERVED_DIMENSIONS
 ) -> dict[str, str]:
     """Extra dimensions: string keys and values, never overriding model/token_type."""
-    if value is None:
+    if value is None or (type(value) is dict and not value):
         return {}
     if not isinstance(value, Mapping):
         raise InvalidDimension(
@@ -131,6 +138,15 @@ def check_dimensions(
             )
         out[k] = v
     return out
+
+
+_COUNT_FIELDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +178,30 @@ class Usage:
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        s(self, "model", check_text("model", self.model, MAX_MODEL_LENGTH))
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
+        check_text("model", self.model, MAX_MODEL_LENGTH)
+        # The meter's worker builds one Usage per call: plain in-range ints (nearly always
+        # the case) are checked in one expression; anything else goes through check_count.
+        a, b, c, d, e = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        )
+        if not (
+            type(a) is int
+            and type(b) is int
+            and type(c) is int
+            and type(d) is int
+            and type(e) is int
+            and 0 <= a <= MAX_COUNT
+            and 0 <= b <= MAX_COUNT
+            and 0 <= c <= MAX_COUNT
+            and 0 <= d <= MAX_COUNT
+            and 0 <= e <= MAX_COUNT
         ):
-            s(self, name, check_count(name, getattr(self, name)))
+            for name in _COUNT_FIELDS:
+                s(self, name, check_count(name, getattr(self, name)))
         if self.customer_id is not None:
             check_customer("customer_id", self.customer_id)
         if self.provider is not None:
@@ -213,11 +244,13 @@ class Usage:
         `prompt_tokens` includes `cached_tokens` and `cache_write_tokens`;
         `completion_tokens` includes `reasoning_tokens`.
         """
-        prompt = check_count("prompt_tokens", prompt_tokens)
-        completion = check_count("completion_tokens", completion_tokens)
-        cached = check_count("cached_tokens", cached_tokens)
-        written = check_count("cache_write_tokens", cache_write_tokens)
-        reasoning = check_count("reasoning_tokens", reasoning_tokens)
+        prompt, completion, cached, written, reasoning = _counts(
+            ("prompt_tokens", prompt_tokens),
+            ("completion_tokens", completion_tokens),
+            ("cached_tokens", cached_tokens),
+            ("cache_write_tokens", cache_write_tokens),
+            ("reasoning_tokens", reasoning_tokens),
+        )
         if cached + written > prompt:
             raise InvalidTokenCount(
                 "cached_tokens",
