@@ -132,6 +132,19 @@ def test_add_leased_returns_only_new_rows_already_claimed(tmp_path: Path) -> Non
         "req-2:input:m",
         "req-3:input:m",
     ]
+    # A batch with nothing to leave out takes the next ids in order (no read-back query).
+    fresh = box.add_leased([_event(9), _event(5), _event(7)], "me", 30.0)
+    stored = dict(box._conn.execute("SELECT identifier, id FROM events").fetchall())
+    assert [(r.event.identifier, r.id) for r in fresh] == [
+        (f"req-{i}:input:m", stored[f"req-{i}:input:m"]) for i in (9, 5, 7)
+    ]
+    box.mark_delivered([fresh[0].id, fresh[2].id])
+    assert box._conn.execute(
+        "SELECT identifier FROM events WHERE status='delivered'"
+    ).fetchall() == [
+        ("req-9:input:m",),
+        ("req-7:input:m",),
+    ]
     box.close()
 
 
