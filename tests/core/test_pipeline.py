@@ -166,32 +166,50 @@ def test_a_meter_with_a_key_sends_over_one_aiohttp_session_it_closes(fake_stripe
     )
     rows = [Row(id=i, event=e, attempts=0) for i, e in enumerate(events)]
 
-    async def send_all(meter: TokenMeter) -> tuple[Any, list[Any]]:
+    async def send_all(meter: TokenMeter) -> tuple[Any, Any, list[Any]]:
         transport = meter._make_transport()
-        client = transport._client.client  # type: ignore[attr-defined]
+        own = transport._client  # type: ignore[attr-defined]
         outcomes = [await transport.send(rows[:1]), await transport.send(rows[1:])]
-        http = client._requestor._client
         await transport.aclose()
-        return http, outcomes
+        return own.client._requestor._client, own.session, outcomes
 
     for api in ("v1", "v2"):
         meter = TokenMeter(
             api_key="sk_test_fake", api_base=fake_stripe.url, api=api, outbox_path=":memory:"
         )
-        http, outcomes = anyio.run(send_all, meter)
+        http, session, outcomes = anyio.run(send_all, meter)
         assert type(http).__name__ == "AIOHTTPClient"
+        assert http._session is session and session.closed  # one session, closed by the meter
         assert [o[0].verdict.value for o in outcomes] == ["delivered", "delivered"]
-        assert http._cached_session is not None and http._cached_session.closed
         meter.close(timeout=1)
 
     own = fake_stripe.client()
     shared = TokenMeter(stripe_client=own, api="v1", outbox_path=":memory:")
-    http, outcomes = anyio.run(send_all, shared)
-    assert http is own._requestor._client  # the user's client, as given
+    http, session, outcomes = anyio.run(send_all, shared)
+    assert http is own._requestor._client and session is None  # the user's client, as given
     assert own.v1.billing.meters.list().data  # still usable: not closed by the meter
     shared.close(timeout=1)
     # Sent three times, accepted once each: Stripe (and FakeStripe) refuse a repeated identifier.
     assert sorted(fake_stripe.identifiers()) == sorted(e.identifier for e in events)
+
+
+def test_the_proxy_environment_applies_as_it_did_with_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stripe_token_meter.transport import env_proxy
+
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy() is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert env_proxy() == "http://proxy.example:3128"  # api.stripe.com, meter-events...
+    local = {"api": "http://127.0.0.1:5", "meter_events": "http://127.0.0.1:5"}
+    assert env_proxy(local) is None  # plain http: HTTP_PROXY's business, unset
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:8080")
+    assert env_proxy(local) == "http://proxy.example:8080"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,api.stripe.com,meter-events.stripe.com")
+    assert env_proxy(local) is None
+    assert env_proxy() is None
 
 
 def test_during_an_outage_one_batch_probes_and_the_rest_wait(

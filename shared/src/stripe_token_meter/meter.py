@@ -184,14 +184,16 @@ class TokenMeter:
             make_client,
         )
 
-        owned = self._key is not None
-        client = make_client(self._key, self._base_addresses) if self._key else self._client
-        assert client is not None
+        concurrency = self._concurrency or (V1_CONCURRENCY if self.api == "v1" else V2_CONCURRENCY)
+        session = None
+        if self._key is not None:  # our own client: made here, in the worker's event loop
+            client, session = make_client(self._key, self._base_addresses, connections=concurrency)
+        else:
+            assert self._client is not None
+            client = self._client
         if self.api == "v1":
-            return V1Transport(client, owned=owned, concurrency=self._concurrency or V1_CONCURRENCY)
-        return V2StreamTransport(
-            client, owned=owned, concurrency=self._concurrency or V2_CONCURRENCY
-        )
+            return V1Transport(client, session=session, concurrency=concurrency)
+        return V2StreamTransport(client, session=session, concurrency=concurrency)
 
     def _start_worker(self) -> Worker:
         with self._state_lock:

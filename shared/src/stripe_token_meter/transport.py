@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
+import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-import aiohttp  # noqa: F401  # here, at construction: stripe.AIOHTTPClient imports it lazily
+import aiohttp
+import aiohttp.abc
 import anyio
 import stripe
 
@@ -78,19 +83,20 @@ class _EventList(list[dict[str, Any]]):
 
 
 class _Client:
-    """The transport's `StripeClient`, and whether the transport closes it.
+    """The transport's `StripeClient`, and the HTTP session to close with it, if ours.
 
-    A client the meter made (from its key) is the transport's to close; one the user passed
-    in is shared as is and never closed here.
+    A client the meter made (from its key) comes with its session, which the transport
+    closes; one the user passed in is shared as is and never closed here.
     """
 
-    def __init__(self, client: stripe.StripeClient, *, owned: bool) -> None:
+    def __init__(self, client: stripe.StripeClient, session: aiohttp.ClientSession | None) -> None:
         self.client = client
-        self.owned = owned
+        self.session = session
 
     async def aclose(self) -> None:
-        if self.owned:
-            await _close_client(self.client)
+        if self.session is not None:
+            with contextlib.suppress(Exception):  # best effort: the worker is ending anyway
+                await self.session.close()
 
 
 class V2StreamTransport:
@@ -102,11 +108,11 @@ class V2StreamTransport:
         self,
         client: stripe.StripeClient,
         *,
-        owned: bool = False,
+        session: aiohttp.ClientSession | None = None,
         batch_size: int = 100,
         concurrency: int = V2_CONCURRENCY,
     ) -> None:
-        self._client = _Client(client, owned=owned)
+        self._client = _Client(client, session)
         self.batch_size = min(batch_size, 100)
         self.concurrency = concurrency
         self._token: str | None = None
@@ -171,9 +177,13 @@ class V1Transport:
     batch_size = 1
 
     def __init__(
-        self, client: stripe.StripeClient, *, owned: bool = False, concurrency: int = V1_CONCURRENCY
+        self,
+        client: stripe.StripeClient,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        concurrency: int = V1_CONCURRENCY,
     ) -> None:
-        self._client = _Client(client, owned=owned)
+        self._client = _Client(client, session)
         self.concurrency = concurrency
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
@@ -199,25 +209,93 @@ class V1Transport:
         await self._client.aclose()
 
 
-async def _close_client(client: stripe.StripeClient) -> None:
-    """Close the HTTP session we opened, so interpreter exit does not hang on it."""
-    http = getattr(getattr(client, "_requestor", None), "_client", None)
-    close = getattr(http, "close_async", None)
-    if close is not None:
-        with contextlib.suppress(Exception):  # best effort: the worker is ending anyway
-            await close()
+class _Resolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's threaded resolver, on anyio's worker threads instead of asyncio's default
+    executor, which refuses new work once the interpreter is exiting: exactly when
+    `close()` at exit must still reach `api.stripe.com` (it delivered 0 of 50 events)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        infos = await anyio.to_thread.run_sync(
+            functools.partial(
+                socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0, _ADDRCONFIG
+            )
+        )
+        out: list[aiohttp.abc.ResolveResult] = []
+        for fam, _, proto, _, address in infos:
+            if fam == socket.AF_INET6:
+                if len(address) < 3:
+                    continue  # no IPv6 in this Python build
+                if address[3]:  # link-local: the scope id must be kept
+                    name, port_text = await anyio.to_thread.run_sync(
+                        socket.getnameinfo, address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+                    )
+                    resolved, resolved_port = name, int(port_text)
+                else:
+                    resolved, resolved_port = str(address[0]), int(address[1])
+            elif fam == socket.AF_INET:
+                resolved, resolved_port = str(address[0]), int(address[1])
+            else:
+                continue
+            out.append(
+                {
+                    "hostname": host,
+                    "host": resolved,
+                    "port": resolved_port,
+                    "family": fam,
+                    "proto": proto,
+                    "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                }
+            )
+        return out
+
+    async def close(self) -> None:
+        return None
 
 
-def make_client(api_key: str, base_addresses: dict[str, str] | None = None) -> stripe.StripeClient:
-    """The worker's own `StripeClient`: the SDK's aiohttp client, no SDK retries (ours are in
-    `retry.py`).
+_ADDRCONFIG: Final = getattr(socket, "AI_ADDRCONFIG", 0)
 
-    aiohttp, not httpx: a v1 request costs the SDK ~0.33 ms of CPU over aiohttp against
-    ~1.0 ms over httpx, whose async pool also probes every pooled connection per request
-    (benchmarks/README.md, finding 15). Its session belongs to the event loop that first
-    uses it, so each worker makes its own client; it cannot make synchronous calls.
+
+def env_proxy(base_addresses: dict[str, str] | None = None) -> str | None:
+    """The proxy `HTTPS_PROXY`/`HTTP_PROXY` (minus `NO_PROXY`) give for Stripe, as httpx
+    applied them. Read once here: aiohttp's own `trust_env` looks them up (and `~/.netrc`)
+    on a thread for every request, which halved v1 throughput and fails at interpreter
+    exit, when no new thread may start."""
+    bases = {"api": stripe.DEFAULT_API_BASE, "meter_events": stripe.DEFAULT_METER_EVENTS_API_BASE}
+    bases.update(base_addresses or {})
+    proxies = urllib.request.getproxies()
+    for base in bases.values():
+        parts = urllib.parse.urlsplit(base)
+        proxy = proxies.get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+            return proxy
+    return None
+
+
+def make_client(
+    api_key: str, base_addresses: dict[str, str] | None = None, *, connections: int = 100
+) -> tuple[stripe.StripeClient, aiohttp.ClientSession]:
+    """The worker's own `StripeClient` and its HTTP session (the caller closes it). Call it
+    inside the worker's event loop: the session belongs to the loop that makes it.
+
+    The SDK's aiohttp client, not httpx: a v1 request costs the SDK ~0.33 ms of CPU over
+    aiohttp against ~1.0 ms over httpx, whose async pool also probes every pooled
+    connection per request (benchmarks/README.md, finding 15). The session is built here as
+    the SDK would (Stripe's CA bundle), with room for every request in flight. No SDK
+    retries: ours are in `retry.py`.
     """
-    kwargs: dict[str, Any] = {"http_client": stripe.AIOHTTPClient(), "max_network_retries": 0}
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path),
+            limit=connections,
+            resolver=_Resolver(),
+        )
+    )
+    kwargs: dict[str, Any] = {
+        "http_client": stripe.AIOHTTPClient(session=session, proxy=env_proxy(base_addresses)),
+        "max_network_retries": 0,
+    }
     if base_addresses:
         kwargs["base_addresses"] = base_addresses
-    return stripe.StripeClient(api_key, **kwargs)
+    return stripe.StripeClient(api_key, **kwargs), session
