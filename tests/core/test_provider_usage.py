@@ -104,6 +104,52 @@ def test_any_mapping_and_objects_whose_properties_raise() -> None:
     assert read_usage(Flaky()) == ("openai", {"prompt_tokens": 10})
 
 
+def test_pydantic_models_are_read_from_their_fields_extras_and_properties() -> None:
+    """Provider SDKs' usage objects are pydantic models (LiteLLM's `Usage` keeps Anthropic's
+    cache counts as extras); they are read without probing every missing name."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Details(BaseModel):
+        cached_tokens: int | None = None
+
+    class ProviderUsage(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        prompt_tokens: int
+        completion_tokens: int
+        prompt_tokens_details: Details | None = None
+
+        @property
+        def completion_tokens_details(self) -> dict[str, int]:
+            return {"reasoning_tokens": 5}
+
+    usage = ProviderUsage(
+        prompt_tokens=460,
+        completion_tokens=25,
+        prompt_tokens_details=Details(cached_tokens=300),
+        cache_creation_input_tokens=120,  # an extra, as LiteLLM stores it
+    )
+    assert read_usage(usage) == (
+        "openai",
+        {
+            "prompt_tokens": 460,
+            "completion_tokens": 25,
+            "cached_tokens": 300,
+            "cache_write_tokens": 120,
+            "reasoning_tokens": 5,
+        },
+    )
+
+    class Aliased(BaseModel):  # its own __getattr__ answers names it has no field for
+        tokens_in: int
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "input_tokens":
+                return self.tokens_in
+            return super().__getattr__(name)  # type: ignore[misc]
+
+    assert read_usage(Aliased(tokens_in=7)) == ("anthropic", {"input_tokens": 7})
+
+
 def test_shapes_are_told_apart_in_a_fixed_order() -> None:
     # A report carrying Gemini's counts is read as Gemini's, then OpenAI chat, then
     # input/output; fields of the other shapes are ignored.

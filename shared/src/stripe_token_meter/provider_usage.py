@@ -55,6 +55,9 @@ def _getter(usage: Any) -> Callable[[str], Any] | None:
         return None
     if isinstance(usage, Mapping):
         return usage.get
+    props = _model_properties(type(usage))
+    if props is not None:
+        return _model_getter(usage, props)
 
     def attr(key: str) -> Any:
         try:
@@ -63,6 +66,53 @@ def _getter(usage: Any) -> Callable[[str], Any] | None:
             return None
 
     return attr
+
+
+_MODEL_PROPERTIES: dict[type, frozenset[str] | None] = {}
+_MODEL_PROPERTIES_MAX = 1024
+
+
+def _model_properties(cls: type) -> frozenset[str] | None:
+    """For a pydantic v2 model class, the names its properties answer; else None. Cached."""
+    try:
+        return _MODEL_PROPERTIES[cls]
+    except KeyError:
+        pass
+    found: frozenset[str] | None = None
+    getattr_owner = next((k for k in cls.__mro__ if "__getattr__" in vars(k)), None)
+    if any("__pydantic_fields__" in vars(k) for k in cls.__mro__) and (
+        getattr_owner is None or getattr_owner.__module__.startswith("pydantic.")
+    ):  # a model whose own __getattr__ makes up names keeps the attribute path
+        found = frozenset(
+            name for k in cls.__mro__ for name, v in vars(k).items() if isinstance(v, property)
+        )
+    if len(_MODEL_PROPERTIES) >= _MODEL_PROPERTIES_MAX:
+        _MODEL_PROPERTIES.clear()
+    _MODEL_PROPERTIES[cls] = found
+    return found
+
+
+def _model_getter(model: Any, props: frozenset[str]) -> Callable[[str], Any]:
+    """Read a pydantic model's fields and extras where pydantic keeps them.
+
+    `getattr` of a name a model lacks goes through pydantic's `__getattr__` and an
+    AttributeError: 2.2 us for each of the ~8 names tried per report (read_usage of a
+    LiteLLM `Usage`: 10 us). Properties are still read as attributes.
+    """
+    values: dict[str, Any] = getattr(model, "__dict__", None) or {}
+    extra = getattr(model, "__pydantic_extra__", None)
+    if extra:
+        values = {**values, **extra}
+
+    def get(key: str) -> Any:
+        if key in props:
+            try:
+                return getattr(model, key, None)
+            except Exception:  # a property that raises: treat as absent
+                return None
+        return values.get(key)
+
+    return get
 
 
 def _gemini(get: Callable[[str], Any], prompt: Any, candidates: Any) -> UsageReport:
