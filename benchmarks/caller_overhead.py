@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -389,23 +389,30 @@ def bench_litellm(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
 
     class TimedLogger(StripeLogger):  # type: ignore[misc]
         """The adapter's hooks timed where LiteLLM runs them (caller or its own threads), in
-        thread CPU time (waiting for the GIL excluded; each reading costs ~1 us here):
-        LiteLLM's own jitter (hundreds of us per call) hides a difference of a few us."""
+        thread CPU time (waiting for the GIL excluded; each reading costs ~1 us here), summed
+        per LLM call; the median leaves out calls where a garbage collection of LiteLLM's
+        large heap happened to run inside a hook. LiteLLM's own jitter (hundreds of us per
+        call) hides a difference of a few us in caller time."""
 
-        spent_ns = 0
-        calls = 0
+        spent: ClassVar[dict[str, int]] = {}
+        captured: ClassVar[list[Any]] = []
+
+        def _add(self, kwargs: Any, ns: int) -> None:
+            key = str(kwargs.get("litellm_call_id")) if isinstance(kwargs, dict) else "?"
+            self.spent[key] = self.spent.get(key, 0) + ns
 
         def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
             t = time.thread_time_ns()
             super().log_pre_api_call(model, messages, kwargs)
-            self.spent_ns += time.thread_time_ns() - t
-            self.calls += 1  # one per LLM call, on the caller
+            self._add(kwargs, time.thread_time_ns() - t)
 
         def _on_success(self, kwargs: Any, response_obj: Any, end_time: Any) -> None:
             # Where every success lands (LiteLLM's thread path or its logger hooks).
             t = time.thread_time_ns()
             super()._on_success(kwargs, response_obj, end_time)
-            self.spent_ns += time.thread_time_ns() - t
+            self._add(kwargs, time.thread_time_ns() - t)
+            if not self.captured:
+                self.captured.append((kwargs, response_obj, end_time))
 
     timed = TimedLogger(null_meter(tmp, "litellm-timed"))
     conditions = [
@@ -417,19 +424,53 @@ def bench_litellm(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
     ]
     times = compare(call, conditions, runs, calls, settle)
     report_adapter(report, "LiteLLM completion (caller time)", times, "no-op CustomLogger")
+    per_call = [ns / 1000 for ns in TimedLogger.spent.values()]
     report.add(
         c.Result(
             "LiteLLM: the adapter's own hooks, CPU time in place (record() stubbed)",
-            c.summarize([timed.spent_ns / max(1, timed.calls) / 1000]),
+            c.summarize(per_call),
             "us",
             ADAPTER_TARGET,
             digits=1,
-            note=f"per LLM call, over {timed.calls:,}: pre-call hook on the caller, success "
-            "hooks (thread path and logger: both fire, one records) on LiteLLM's thread",
+            note=f"per LLM call (median and spread over {len(per_call):,} calls): pre-call hook "
+            "on the caller, success hooks (thread path and logger: both fire, one records) on "
+            "LiteLLM's thread",
         )
     )
+    warm_litellm(report, tmp, StripeLogger, TimedLogger.captured)
     settle()
     check_one_record_per_call(report, "LiteLLM", meter, calls_made(runs, calls))
+
+
+def warm_litellm(report: c.Report, tmp: Path, logger_cls: Any, captured: list[Any]) -> None:
+    """The same hooks called back to back on one real call's arguments (caches warm, no
+    LiteLLM in between): the adapter's code alone. A fresh logger per call, so each first
+    success records and the second is the duplicate it is in LiteLLM."""
+    if not captured:
+        return
+    kwargs, response, end = captured[0]
+    meter = null_meter(tmp, "litellm-warm")
+    n = 2_000
+    per_run: list[float] = []
+    for _ in range(5):
+        # thread_fallback=False: no thread path registered in LiteLLM's global lists
+        loggers = [logger_cls(meter, thread_fallback=False) for _ in range(n)]
+        t0 = time.perf_counter_ns()
+        for lg in loggers:
+            lg.log_pre_api_call(kwargs.get("model"), [], kwargs)
+            lg._on_success(kwargs, response, end)
+            lg._on_success(kwargs, response, end)
+        per_run.append((time.perf_counter_ns() - t0) / n / 1000)
+    report.add(
+        c.Result(
+            "LiteLLM: the adapter's own hooks, warm (record() stubbed)",
+            c.summarize(per_run),
+            "us",
+            ADAPTER_TARGET,
+            digits=1,
+            note="one real call's arguments, hooks back to back: pre-call + two successes",
+        )
+    )
 
 
 def bench_llamaindex(report: c.Report, tmp: Path, runs: int, calls: int) -> None:
