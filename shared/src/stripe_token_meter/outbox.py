@@ -74,6 +74,27 @@ commit per event, end-to-end v2 throughput +15 % (benchmarks/README.md, finding 
 _IN_CHUNK: Final = 500
 """Ids per `WHERE id IN (...)`: well under SQLite's oldest variable limit (999)."""
 
+_INSERT_COLUMNS: Final = (
+    "identifier, event_name, customer_id, model, token_type, value, timestamp, payload,"
+    " status, created, delivered, lease_owner, lease_until"
+)
+_N_COLUMNS: Final = 13
+_INSERT_SQL: dict[int, str] = {}
+
+
+def _insert_sql(n: int) -> str:
+    """One INSERT of `n` rows. `executemany` steps the statement once per row, and each step
+    gives up the GIL and must win it back from the event loop's thread: one multi-row
+    statement per batch delivered ~4 % more end to end (finding 16)."""
+    sql = _INSERT_SQL.get(n)
+    if sql is None:
+        one = "(" + ",".join("?" * _N_COLUMNS) + ")"
+        sql = _INSERT_SQL[n] = (
+            f"INSERT OR IGNORE INTO events ({_INSERT_COLUMNS}) VALUES " + ",".join([one] * n)
+        )
+    return sql
+
+
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 """`json.dumps(separators=...)` builds a new encoder per call: 0.8 us of 2.4 per event."""
 
@@ -140,6 +161,12 @@ class Outbox:
             self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        limit = 999  # SQLite's oldest limit on variables per statement
+        getlimit = getattr(self._conn, "getlimit", None)  # Python 3.11+
+        which = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
+        if getlimit is not None and which is not None:
+            limit = int(getlimit(which))
+        self._rows_per_insert = max(1, min(500, limit // _N_COLUMNS))
         with self._lock:
             self._conn.executescript(_SCHEMA)
 
@@ -207,12 +234,10 @@ class Outbox:
                     (last,) = self._conn.execute(
                         "SELECT COALESCE(MAX(id), 0) FROM events"
                     ).fetchone()
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO events (identifier, event_name, customer_id, model,"
-                    " token_type, value, timestamp, payload, status, created, delivered,"
-                    " lease_owner, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
+                per = self._rows_per_insert
+                for lo in range(0, len(rows), per):
+                    chunk = rows[lo : lo + per]
+                    self._conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
                 count = self._conn.total_changes - before
                 if owner is not None and count != len(rows):
                     added = self._conn.execute(
