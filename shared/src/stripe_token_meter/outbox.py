@@ -70,7 +70,7 @@ WAL_CHECKPOINT_PAGES: Final = 10_000
 """Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB. Random identifiers dirty a
 different index page per insert, so a 500-record commit writes ~2 MB of pages; checkpoints
 every few commits copied (and synced) the same hot pages again and again: 9.8 -> 6.1 us of
-commit per event, end-to-end v2 throughput +15 % (benchmarks/README.md, finding 16)."""
+commit per event (benchmarks/README.md, finding 16)."""
 _IN_CHUNK: Final = 500
 """Ids per `WHERE id IN (...)`: well under SQLite's oldest variable limit (999)."""
 

@@ -217,10 +217,12 @@ class _Resolver(aiohttp.abc.AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
+        # abandon_on_cancel: close()'s deadline must not wait for a hanging DNS server.
         infos = await anyio.to_thread.run_sync(
             functools.partial(
                 socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0, _ADDRCONFIG
-            )
+            ),
+            abandon_on_cancel=True,
         )
         out: list[aiohttp.abc.ResolveResult] = []
         for fam, _, proto, _, address in infos:
@@ -229,7 +231,10 @@ class _Resolver(aiohttp.abc.AbstractResolver):
                     continue  # no IPv6 in this Python build
                 if address[3]:  # link-local: the scope id must be kept
                     name, port_text = await anyio.to_thread.run_sync(
-                        socket.getnameinfo, address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+                        socket.getnameinfo,
+                        address,
+                        socket.NI_NUMERICHOST | socket.NI_NUMERICSERV,
+                        abandon_on_cancel=True,
                     )
                     resolved, resolved_port = name, int(port_text)
                 else:
