@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["throughput.py", "backlog.py", "multiprocess.py", "caller_overhead.py"]
+SCRIPTS = [
+    "throughput.py",
+    "backlog.py",
+    "multiprocess.py",
+    "caller_overhead.py",
+    "http_clients.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
