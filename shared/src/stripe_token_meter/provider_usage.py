@@ -26,6 +26,9 @@ def field(obj: Any, key: str) -> Any:
         return None
     if type(obj) is dict or isinstance(obj, Mapping):  # the exact-type test skips the ABC check
         return obj.get(key)
+    props = _model_properties(type(obj))
+    if props is not None and key not in props:
+        return _model_values(obj).get(key)
     try:
         return getattr(obj, key, None)
     except Exception:  # a property that raises: treat as absent
@@ -92,24 +95,25 @@ def _model_properties(cls: type) -> frozenset[str] | None:
     return found
 
 
-def _model_getter(model: Any, props: frozenset[str]) -> Callable[[str], Any]:
-    """Read a pydantic model's fields and extras where pydantic keeps them.
+def _model_values(model: Any) -> dict[str, Any]:
+    """A pydantic model's fields and extras, where pydantic keeps them.
 
     `getattr` of a name a model lacks goes through pydantic's `__getattr__` and an
     AttributeError: 2.2 us for each of the ~8 names tried per report (read_usage of a
-    LiteLLM `Usage`: 10 us). Properties are still read as attributes.
+    LiteLLM `Usage`: 10 us).
     """
     values: dict[str, Any] = getattr(model, "__dict__", None) or {}
     extra = getattr(model, "__pydantic_extra__", None)
-    if extra:
-        values = {**values, **extra}
+    return {**values, **extra} if extra else values
+
+
+def _model_getter(model: Any, props: frozenset[str]) -> Callable[[str], Any]:
+    """`field(model, key)` for one pydantic model, its values read once per report."""
+    values = _model_values(model)
 
     def get(key: str) -> Any:
         if key in props:
-            try:
-                return getattr(model, key, None)
-            except Exception:  # a property that raises: treat as absent
-                return None
+            return field(model, key)  # a property: read as an attribute
         return values.get(key)
 
     return get
