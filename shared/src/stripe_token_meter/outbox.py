@@ -383,11 +383,11 @@ class Outbox:
 
     def mark_retry(self, ids: Sequence[int], delay: float, code: str, message: str) -> None:
         """Back to pending, due after `delay`; attempts counted."""
-        due = time.time() + delay
-        self._update_many(
+        self._update_ids(
             "UPDATE events SET attempts=attempts+1, next_attempt=?, lease_owner=NULL,"
-            " lease_until=0, error_code=?, error_message=? WHERE id=?",
-            [(due, code, message[:500], i) for i in ids],
+            " lease_until=0, error_code=?, error_message=?",
+            (time.time() + delay, code, message[:500]),
+            ids,
         )
 
     def release(self, ids: Sequence[int], delay: float = 0.0) -> None:

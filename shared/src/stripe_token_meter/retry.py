@@ -65,7 +65,7 @@ def classify(err: BaseException) -> Outcome:
     import stripe  # here, not at import: the SDK is ~95 % of importing this package
 
     if not isinstance(err, stripe.StripeError):
-        # httpx/OS errors that escaped the SDK, timeouts: transient.
+        # aiohttp/OS errors that escaped the SDK, timeouts: transient.
         return Outcome(Verdict.RETRY, "connection_error", f"{type(err).__name__}: {err}")
     message = str(err.user_message or err)
     if isinstance(err, stripe.TemporarySessionExpiredError):
