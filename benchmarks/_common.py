@@ -190,6 +190,14 @@ def machine_line() -> str:
     )
 
 
+def process_cpu() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs from /proc/stat."""
     try:

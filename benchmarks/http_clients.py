@@ -27,13 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 
 
-def _cpu() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 async def _run(
     fake: c.FakeStripeProcess, make: Callable[[], Any], shared: bool, n: int, concurrency: int
 ) -> tuple[float, float]:
@@ -65,9 +58,9 @@ async def _run(
                 }
             )
 
-    cpu0, t0 = _cpu(), time.perf_counter()
+    cpu0, t0 = c.process_cpu(), time.perf_counter()
     await asyncio.gather(*(sender(clients[k % len(clients)]) for k in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    elapsed, cpu = time.perf_counter() - t0, c.process_cpu() - cpu0
     for http in https:
         await http.close_async()
     return n / elapsed, cpu / n * 1e6

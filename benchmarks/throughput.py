@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -36,11 +35,6 @@ from stripe_token_meter.transport import V1_CONCURRENCY, V2_CONCURRENCY
 TARGETS = {"v2": c.Target(">=", 20_000), "v1": c.Target(">=", 1_000)}
 CONCURRENCY = {"v2": V2_CONCURRENCY, "v1": V1_CONCURRENCY}  # TokenMeter(concurrency=None)
 PROBES = 100
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def drain_run(
@@ -73,11 +67,11 @@ def drain_run(
         box.add(events, PENDING)
     box.close()
     meter = c.remote_meter(fake.base_addresses, path, api=api, concurrency=concurrency)
-    cpu0 = _cpu()
+    cpu0 = c.process_cpu()
     t0 = time.perf_counter()
     ok = meter.flush(timeout=900)  # starts the worker: the outbox has pending rows
     dt = time.perf_counter() - t0
-    cpu = _cpu() - cpu0
+    cpu = c.process_cpu() - cpu0
     if not ok:
         print(f"flush timed out:\n{c.diagnose(meter)}", file=sys.stderr, flush=True)
     stats = meter.stats()
@@ -110,13 +104,13 @@ def meter_run(
     for i in range(n):
         c.record_one(meter, customer, rids[i], values[i])
     t1 = time.perf_counter()
-    cpu0 = _cpu()
+    cpu0 = c.process_cpu()
     server0 = fake.cpu_seconds()
     ok = meter.flush(timeout=900)
     if not ok:
         print(f"flush timed out:\n{c.diagnose(meter)}", file=sys.stderr, flush=True)
     t2 = time.perf_counter()
-    cpu = _cpu() - cpu0
+    cpu = c.process_cpu() - cpu0
     server_cpu = fake.cpu_seconds() - server0
     stats = meter.stats()
     meter.close(timeout=5)
