@@ -34,6 +34,13 @@ RESPONSES = {
     "input_tokens_details": {"cached_tokens": 600},
     "output_tokens_details": {"reasoning_tokens": 50},
 }
+BEDROCK = {  # Converse: camelCase; inputTokens exclude cache reads and writes
+    "inputTokens": 40,
+    "outputTokens": 25,
+    "totalTokens": 485,
+    "cacheReadInputTokens": 300,
+    "cacheWriteInputTokens": 120,
+}
 GEMINI = {
     "prompt_token_count": 1000,
     "cached_content_token_count": 600,
@@ -63,6 +70,7 @@ def _usage(report: Any) -> Usage:
         (GEMINI, (400, 600, 0, 150, 50)),
         (LITELLM_ANTHROPIC, (40, 300, 120, 25, 0)),
         (ANTHROPIC, (40, 300, 120, 25, 0)),
+        (BEDROCK, (40, 300, 120, 25, 0)),
     ],
 )
 def test_every_shape_gives_the_same_disjoint_counts(
@@ -158,3 +166,5 @@ def test_shapes_are_told_apart_in_a_fixed_order() -> None:
     # Only the counts reported are returned (a stream's partial reports merge).
     assert read_usage({"completion_tokens": 5}) == ("openai", {"completion_tokens": 5})
     assert read_usage({"candidates_token_count": 5}) == ("openai", {"completion_tokens": 5})
+    assert read_usage({**ANTHROPIC, "inputTokens": 1}) == read_usage(ANTHROPIC)
+    assert read_usage({"outputTokens": 5}) == ("anthropic", {"output_tokens": 5})

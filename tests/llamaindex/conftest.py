@@ -41,7 +41,8 @@ class UsageLLM(CustomLLM):
 
     `shape`: "openai" (inclusive prompt/completion totals), "anthropic" (`prompt_tokens`
     is the uncached input, cache counts apart), "gemini" (`usage_metadata`, thoughts apart
-    from candidates), "kwargs" (only `additional_kwargs` prompt/completion tokens) or
+    from candidates), "bedrock" (Converse's camelCase `usage`; a stream's comes in its
+    `metadata` event), "kwargs" (only `additional_kwargs` prompt/completion tokens) or
     "none". Streams report it on the last chunk; Anthropic splits it like its API does
     (input on `message_start`, output on `message_delta`). `answers` are returned in turn.
     """
@@ -104,7 +105,21 @@ class UsageLLM(CustomLLM):
                     + self.reasoning_tokens,
                 },
             }
+        if self.shape == "bedrock":  # Converse: `dict(response)`, no model named
+            return {"output": {"message": {"role": "assistant"}}, "usage": self._bedrock_usage()}
         return {"model": model} if model else {}
+
+    def _bedrock_usage(self) -> dict[str, Any]:
+        return {
+            "inputTokens": self.prompt_tokens,
+            "outputTokens": self.completion_tokens,
+            "totalTokens": self.prompt_tokens
+            + self.completion_tokens
+            + self.cached_tokens
+            + self.cache_write_tokens,
+            "cacheReadInputTokens": self.cached_tokens,
+            "cacheWriteInputTokens": self.cache_write_tokens,
+        }
 
     def _anthropic_usage(self, output_tokens: int | None = None) -> dict[str, Any]:
         return {
@@ -164,6 +179,8 @@ class UsageLLM(CustomLLM):
                             "type": "message_delta",
                             "usage": {"output_tokens": self.completion_tokens},
                         }
+                elif self.shape == "bedrock" and last:  # converse_stream's metadata event
+                    raw = {"metadata": {"usage": self._bedrock_usage(), "metrics": {}}}
                 elif last:
                     raw = self.usage_raw() if self.shape != "kwargs" else None
                     extra = self._kwargs()

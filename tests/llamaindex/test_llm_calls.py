@@ -148,6 +148,34 @@ def test_gemini_shape(
     )
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_bedrock_converse_shape(
+    method: str, make_meter: Callable[..., Any], fake_stripe: Any, usage_llm: Any
+) -> None:
+    meter = make_meter(default_customer_id=CUS, token_types="detailed")
+    instrument(meter)
+    llm = usage_llm(
+        shape="bedrock",
+        model_name="bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        prompt_tokens=50,  # uncached input, as Anthropic's
+        completion_tokens=30,
+        cached_tokens=200,
+        cache_write_tokens=40,
+    )
+    _sync(llm, method)
+    assert meter.flush(5)
+    model = "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0"
+    assert event_tuples(fake_stripe) == sorted(
+        [
+            (CUS, model, "input", 50),
+            (CUS, model, "cached_input", 200),
+            (CUS, model, "cache_write", 40),
+            (CUS, model, "output", 30),
+        ]
+    )
+    assert meter.stats()["no_usage"] == 0
+
+
 def test_gemini_basic_mode_sums(
     make_meter: Callable[..., Any], fake_stripe: Any, usage_llm: Any
 ) -> None:

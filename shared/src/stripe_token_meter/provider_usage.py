@@ -186,6 +186,17 @@ def _input_output(get: Callable[[str], Any], inp: Any, output: Any) -> UsageRepo
     return "anthropic", out
 
 
+def _bedrock(get: Callable[[str], Any], inp: Any, output: Any) -> UsageReport:
+    # Bedrock Converse (`converse`'s `usage`, `converse_stream`'s `metadata.usage`):
+    # inputTokens exclude cache reads and writes, as Anthropic's input_tokens do.
+    out: dict[str, Any] = {}
+    _put(out, "input_tokens", inp)
+    _put(out, "output_tokens", output)
+    _put(out, "cache_read_input_tokens", get("cacheReadInputTokens"))
+    _put(out, "cache_creation_input_tokens", get("cacheWriteInputTokens"))
+    return "anthropic", out
+
+
 def _put(out: dict[str, Any], key: str, value: Any) -> None:
     # Counts are passed on as reported (None: absent): the core validates them, and
     # dead-letters a malformed one with its reason instead of it being taken for "no usage".
@@ -194,7 +205,7 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
 
 
 def read_usage(usage: Any) -> UsageReport | None:
-    """Recognise one usage report: OpenAI chat, OpenAI Responses, Anthropic or Gemini shape.
+    """Recognise one usage report: OpenAI chat or Responses, Anthropic, Gemini or Bedrock.
 
     >>> read_usage({"prompt_tokens": 100, "completion_tokens": 20,
     ...             "prompt_tokens_details": {"cached_tokens": 30}})
@@ -220,4 +231,7 @@ def read_usage(usage: Any) -> UsageReport | None:
     a, b = get("input_tokens"), get("output_tokens")
     if a is not None or b is not None:
         return _input_output(get, a, b)
+    a, b = get("inputTokens"), get("outputTokens")
+    if a is not None or b is not None:
+        return _bedrock(get, a, b)
     return None

@@ -3,7 +3,8 @@
 LlamaIndex has no usage field of its own: each integration leaves the provider's answer
 in `response.raw` (a dict or the provider SDK's pydantic object) and some copy counts
 into `response.additional_kwargs`. One source is read, never both: `raw["usage"]` /
-`raw["usage_metadata"]` first, `additional_kwargs` only when raw has none.
+`raw["usage_metadata"]` (or a stream event's `message.usage` / `metadata.usage`) first,
+`additional_kwargs` only when raw has none.
 
 Counts are passed to the meter as reported, in the shape the provider uses; the core's
 `Usage.from_openai` / `Usage.from_anthropic` turn them into disjoint counts.
@@ -47,10 +48,12 @@ def response_usage(response: Any) -> Found | None:
         found = usage_fields(get(raw, key))
         if found is not None:
             return found
-    # Anthropic's stream opens with `message_start`, whose usage sits in its message.
-    found = usage_fields(field(get(raw, "message"), "usage"))
-    if found is not None:
-        return found
+    # Anthropic's stream opens with `message_start`, whose usage sits in its message;
+    # Bedrock Converse's stream ends with a `metadata` event that carries it.
+    for key in ("message", "metadata"):
+        found = usage_fields(field(get(raw, key), "usage"))
+        if found is not None:
+            return found
     extra = (
         response.additional_kwargs
         if type(response) in _RESPONSES
