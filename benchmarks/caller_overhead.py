@@ -559,16 +559,28 @@ def bench_llamaindex(report: c.Report, tmp: Path, runs: int, calls: int) -> None
         Condition("stripe_null", attach_null, detach_stripe),
     ]
     msgs = [ChatMessage(role="user", content="hi")]
-    times = compare(
-        lambda: llm.chat(msgs),
-        conditions,
-        runs,
-        calls,
-        lambda: meter.flush(timeout=30),
-        scope=lambda: meter.customer(CUSTOMER),
-    )
-    report_adapter(report, "LlamaIndex MockLLM.chat", times, "no-op event + span handler")
-    check_one_record_per_call(report, "LlamaIndex", meter, calls_made(runs, calls))
+    # Two shapes: `complete` is one LLM call (one span, one Start/End pair), as every
+    # provider LLM's `chat` and `complete` are (OpenAI's, for one); `chat` on a CustomLLM
+    # runs `complete` inside it: two nested LLM calls, billed once (so is Anthropic's
+    # `complete`, which runs `chat`).
+    shapes: list[tuple[str, Callable[[], Any]]] = [
+        ("LlamaIndex MockLLM.complete (1 LLM call)", lambda: llm.complete("hi")),
+        (
+            "LlamaIndex MockLLM.chat (2 nested LLM calls)",
+            lambda: llm.chat(msgs),
+        ),
+    ]
+    for label, call in shapes:
+        times = compare(
+            call,
+            conditions,
+            runs,
+            calls,
+            lambda: meter.flush(timeout=30),
+            scope=lambda: meter.customer(CUSTOMER),
+        )
+        report_adapter(report, label, times, "no-op event + span handler")
+    check_one_record_per_call(report, "LlamaIndex", meter, len(shapes) * calls_made(runs, calls))
 
 
 def main() -> int:
