@@ -1,19 +1,26 @@
 """Bounded retention: delivered rows older than `retain_delivered` are deleted, nothing else.
 
 Rows are written through the Outbox API, then aged with SQL on a separate connection (as
-time would age them).
+time would age them); the worker's prune timers are shortened with monkeypatch.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import stripe_token_meter.worker as worker_module
+from stripe_token_meter import ConfigurationError, TokenMeter, Usage
 from stripe_token_meter.events import MeterEvent
 from stripe_token_meter.outbox import _PRUNE_SQL, _SCHEMA, LOCAL, PENDING, Outbox
 
+MeterFactory = Callable[..., TokenMeter]
 DAY = 86_400.0
 WINDOW = 35 * DAY
 INDEX_LINE = (
@@ -174,3 +181,150 @@ def test_an_outbox_made_by_the_previous_schema_gets_the_index_on_open(tmp_path: 
     assert box.prune_delivered(time.time() - WINDOW) == 1
     assert _names(path) == {"kept": "delivered"}
     box.close()
+
+
+def _usage(request_id: str, timestamp: float | None = None) -> Usage:
+    return Usage(
+        customer_id="cus_a",
+        model="openai/gpt-4o",
+        input_tokens=10,
+        output_tokens=5,
+        request_id=request_id,
+        timestamp=timestamp,
+    )
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def fast_prune(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "PRUNE_FIRST", 0.0)
+    monkeypatch.setattr(worker_module, "PRUNE_INTERVAL", 0.05)
+
+
+def test_the_worker_prunes_old_delivered_rows(
+    fast_prune: None, make_meter: MeterFactory, fake_stripe: Any
+) -> None:
+    meter = make_meter(retain_delivered=DAY)
+    path = meter.stats()["outbox"]
+    for name in ("r0", "r1", "r2"):
+        meter.record(_usage(name))
+    assert meter.flush(10)
+    assert meter.stats()["delivered"] == 6
+    _age(path, ["r0", "r2"], DAY + 600)
+    _age(path, ["r1"], DAY - 600)
+    assert _wait(lambda: meter.stats()["delivered"] == 2)
+    assert _names(path) == {"r1": "delivered"}
+    # Delivery goes on after pruning.
+    meter.record(_usage("r3"))
+    assert meter.flush(10)
+    assert _names(path) == {"r1": "delivered", "r3": "delivered"}
+    assert len(fake_stripe.identifiers()) == 8
+
+
+def test_one_pass_deletes_chunk_after_chunk_while_they_are_full(
+    monkeypatch: pytest.MonkeyPatch, make_meter: MeterFactory, tmp_path: Path
+) -> None:
+    """Chunks of 2 here (5,000 in use): one pass takes all 5 old rows, though the next
+    pass is an hour away."""
+    monkeypatch.setattr(worker_module, "PRUNE_FIRST", 0.0)
+    monkeypatch.setattr(worker_module, "PRUNE_INTERVAL", 3600.0)
+    monkeypatch.setattr(worker_module, "PRUNE_LIMIT", 2)
+    path = tmp_path / "shared.sqlite3"
+    box = Outbox(path)
+    _delivered(box, [f"old{i}" for i in range(5)])
+    _age(path, [f"old{i}" for i in range(5)], DAY + 600)
+    box.close()
+    meter = make_meter(retain_delivered=DAY, outbox_path=path)
+    meter.record(_usage("new"))
+    assert meter.flush(10)
+    assert _wait(lambda: _names(path) == {"new": "delivered"})
+
+
+def test_the_worker_keeps_the_local_ledger(fast_prune: None, local_meter: MeterFactory) -> None:
+    meter = local_meter(retain_delivered=DAY)
+    path = meter.stats()["outbox"]
+    meter.record(_usage("l0"))
+    assert meter.flush(5)
+    _age(path, ["l0"], 30 * DAY)
+    other = Outbox(path)  # a process with a key on the same file delivered this one
+    _delivered(other, ["x0"])
+    _age(path, ["x0"], 30 * DAY)
+    assert _wait(lambda: "x0" not in _names(path))  # the worker has pruned since
+    assert _names(path) == {"l0": "local"}
+    assert meter.stats()["local"] == 2
+    other.close()
+
+
+def test_a_re_recorded_identifier_inside_the_window_is_not_sent_twice(
+    fast_prune: None, make_meter: MeterFactory, fake_stripe: Any
+) -> None:
+    meter = make_meter(retain_delivered=DAY)
+    path = meter.stats()["outbox"]
+    ts = time.time() - 3 * DAY  # Stripe still takes it (35 days)
+    meter.record(_usage("inside", ts))
+    meter.record(_usage("outside", ts))
+    assert meter.flush(10)
+    _age(path, ["inside"], DAY - 600)
+    _age(path, ["outside"], DAY + 600)
+    assert _wait(lambda: set(_names(path)) == {"inside"})
+
+    meter.record(_usage("inside", ts))
+    meter.record(_usage("outside", ts))
+    assert meter.flush(10)
+    assert meter.stats()["duplicates"] == 2  # the outbox refused "inside" again
+    counts = fake_stripe.identifier_counts()["identifiers"]
+    got = {k: (v["accepted"], v["duplicates"]) for k, v in counts.items()}
+    assert got == {
+        "inside:input:token-billing-tokens": (1, 0),
+        "inside:output:token-billing-tokens": (1, 0),
+        # Pruned: sent again, and only Stripe's own 24 h dedup refuses it.
+        "outside:input:token-billing-tokens": (1, 1),
+        "outside:output:token-billing-tokens": (1, 1),
+    }
+
+
+def test_a_failing_prune_is_logged_and_delivery_goes_on(
+    fast_prune: None,
+    make_meter: MeterFactory,
+    fake_stripe: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    meter = make_meter(retain_delivered=DAY)
+    path = meter.stats()["outbox"]
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX events_delivered")  # the prune statement now fails
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="stripe_token_meter"):
+        meter.record(_usage("a"))
+        assert meter.flush(10)
+        assert _wait(lambda: "deleting delivered events" in caplog.text)
+        meter.record(_usage("b"))
+        assert meter.flush(10)
+    assert "no such index: events_delivered" in caplog.text
+    assert "sk_test_fake" not in caplog.text
+    assert _names(path) == {"a": "delivered", "b": "delivered"}
+    assert len(fake_stripe.identifiers()) == 4
+
+
+@pytest.mark.parametrize("bad", [10, 86_399.9, -math.inf, math.nan, True, "86400", None])
+def test_retain_delivered_must_be_at_least_a_day(bad: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        TokenMeter(outbox_path=tmp_path / "o.sqlite3", retain_delivered=bad)
+    message = str(err.value)
+    assert message.startswith("retain_delivered: must be a number of seconds >= 86400 (one day)")
+    assert "math.inf" in message and "35 * 86400" in message
+    assert not (tmp_path / "o.sqlite3").exists()
+
+
+@pytest.mark.parametrize("ok", [86_400, 35 * 86_400, math.inf])
+def test_retain_delivered_accepts_a_day_or_more(ok: float, local_meter: MeterFactory) -> None:
+    meter = local_meter(retain_delivered=ok)
+    assert meter._retain_delivered == ok
