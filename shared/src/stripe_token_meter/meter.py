@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import queue
 import threading
@@ -60,11 +61,40 @@ def check_api_key(api_key: str) -> None:
         )
 
 
+MIN_RETAIN_DELIVERED = 86_400
+"""A day: Stripe dedups identifiers for 24 h, and `stripe-token-meter cancel` works within
+24 h of delivery; delivered rows kept less long than that would let a replay bill twice."""
+
+
+def check_retain_delivered(value: object) -> float:
+    """Seconds to keep delivered rows: a number of at least a day (`math.inf`: forever)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or math.isnan(value)
+        or value < MIN_RETAIN_DELIVERED
+    ):
+        raise ConfigurationError(
+            f"retain_delivered: must be a number of seconds >= {MIN_RETAIN_DELIVERED} (one day), "
+            f"got {value!r:.40}; shorter would let a replayed event bill twice (Stripe dedups "
+            "identifiers for 24 h) and defeat `stripe-token-meter cancel`. Keep the default "
+            "(35 * 86400) or pass math.inf to keep delivered rows forever"
+        )
+    return float(value)
+
+
 class TokenMeter:
     """Bills LLM tokens to Stripe meters, exactly once, in the background.
 
     Without an API key (argument or `STRIPE_API_KEY`) events go to the local ledger: the
     same SQLite file, rows marked `local`, so everything works on a fresh machine.
+
+    `retain_delivered` (seconds, default 35 days, at least one day, `math.inf` for ever):
+    how long delivered rows stay in the outbox before the worker deletes them, so the file
+    and its unique identifier index stop growing. 35 days because Stripe accepts meter
+    event timestamps up to 35 days old: a replay of any event Stripe would still accept is
+    still caught by the outbox's unique identifier, and older rows cannot be billed again
+    anyway. Pending, dead-lettered, cancelled and local-ledger rows are never deleted.
     """
 
     def __init__(
@@ -89,6 +119,7 @@ class TokenMeter:
         max_retry_delay: float = 60.0,
         retry_base_delay: float = 0.5,
         exit_timeout: float = 5.0,
+        retain_delivered: float = 35 * 86400,
     ) -> None:
         if api not in ("v2", "v1"):
             raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
@@ -110,6 +141,7 @@ class TokenMeter:
         if durable not in ("async", "sync"):
             raise ConfigurationError(f"durable: must be 'async' or 'sync', got {durable!r}")
         self._write_sync = durable == "sync"
+        self._retain_delivered = check_retain_delivered(retain_delivered)
         self.default_customer_id = (
             check_customer("default_customer_id", default_customer_id)
             if default_customer_id
@@ -205,6 +237,7 @@ class TokenMeter:
                     lease_seconds=self._lease,
                     max_retry_delay=self._max_retry_delay,
                     retry_base_delay=self._retry_base,
+                    retain_delivered=self._retain_delivered,
                 )
                 self._worker.start()
             return self._worker
@@ -450,7 +483,11 @@ class TokenMeter:
         return await anyio.to_thread.run_sync(self.flush, timeout)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for this process plus the outbox's state (shared across processes)."""
+        """Counters for this process plus the outbox's state (shared across processes).
+
+        `delivered` counts the delivered rows the outbox still keeps (`retain_delivered`,
+        35 days by default), not every event ever delivered.
+        """
         counts = self._outbox.counts()
         with self._state_lock:
             c = dict(self._counters)

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS events (
     delivered REAL
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt, id);
+CREATE INDEX IF NOT EXISTS events_delivered ON events (delivered) WHERE status='delivered';
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY,
     created REAL NOT NULL,
@@ -73,6 +74,16 @@ every few commits copied (and synced) the same hot pages again and again: 9.8 ->
 commit per event (benchmarks/README.md, finding 16)."""
 _IN_CHUNK: Final = 500
 """Ids per `WHERE id IN (...)`: well under SQLite's oldest variable limit (999)."""
+PRUNE_LIMIT: Final = 5000
+"""Rows `prune_delivered` deletes per transaction: the write lock is held only briefly."""
+_PRUNE_SQL: Final = (
+    "DELETE FROM events WHERE id IN ("
+    " SELECT id FROM events INDEXED BY events_delivered"
+    " WHERE status='delivered' AND delivered<? AND timestamp<? ORDER BY delivered LIMIT ?)"
+)
+"""`INDEXED BY`: the partial index `events_delivered`, never a scan (SQLite refuses the
+statement rather than fall back). `timestamp<?` as well: an event timestamped up to 5
+minutes ahead stays until its own timestamp is past the window too."""
 
 _INSERT_COLUMNS: Final = (
     "identifier, event_name, customer_id, model, token_type, value, timestamp, payload,"
@@ -421,6 +432,26 @@ class Outbox:
                 )
             return cur.rowcount
 
+    def prune_delivered(self, older_than: float, limit: int = PRUNE_LIMIT) -> int:
+        """Delete at most `limit` delivered rows delivered (and timestamped) before
+        `older_than` (Unix seconds), oldest first, in one short transaction; returns how many.
+
+        Only `delivered` rows go: pending, dead, cancelled and local-ledger rows, rejected
+        records and adjustments are never touched. Safe with several processes on one file:
+        deleting rows already gone is a no-op.
+        """
+        if limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {limit}")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._conn.execute(_PRUNE_SQL, (older_than, older_than, limit)).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return n
+
     def record_adjustment(
         self, identifier: str, event_name: str, status: str, error: str | None
     ) -> None:
@@ -450,7 +481,11 @@ class Outbox:
         return None if row is None else str(row[0])
 
     def counts(self) -> dict[str, int]:
-        """Rows per status, plus `rejected` usage records and `retrying` pending rows."""
+        """Rows per status, plus `rejected` usage records and `retrying` pending rows.
+
+        `delivered` counts only rows still kept: the worker deletes delivered rows older
+        than `TokenMeter(retain_delivered=...)` (35 days by default, see `prune_delivered`).
+        """
         with self._lock:
             out = {s: 0 for s in (PENDING, DELIVERED, DEAD, LOCAL, CANCELLED)}
             for status, n in self._conn.execute(

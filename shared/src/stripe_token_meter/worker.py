@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import threading
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .outbox import Outbox, Row
+from .outbox import PRUNE_LIMIT, Outbox, Row
 from .retry import Outcome, Verdict, backoff
 
 if TYPE_CHECKING:
@@ -47,6 +48,12 @@ WAKE_AT_QUEUED = 1000
 AUTH_PAUSE = 30.0
 OUTAGE_PROBE = 5.0
 """While Stripe is unreachable, one batch probes it at most this many seconds apart."""
+PRUNE_INTERVAL = 300.0
+"""Delivered rows past `retain_delivered` are deleted at most this many seconds apart, on
+a turn with nothing to send (see `Worker._prune_due`)."""
+PRUNE_FIRST = 10.0
+"""The first prune, this long after the worker starts. Both are read when a `Worker` is
+made, so a test can shorten them (they are not `TokenMeter` options)."""
 
 
 class Worker:
@@ -61,6 +68,7 @@ class Worker:
         lease_seconds: float = 30.0,
         max_retry_delay: float = 60.0,
         retry_base_delay: float = 0.5,
+        retain_delivered: float = 35 * 86400,
     ) -> None:
         self._meter = meter
         self._outbox = outbox
@@ -85,6 +93,10 @@ class Worker:
         """Consecutive turns whose batches all failed (see `_note_outage`)."""
         self._next_store = 0.0
         self._next_claim = 0.0
+        self._retain = retain_delivered
+        """Seconds delivered rows are kept (`math.inf`: never pruned)."""
+        self._prune_every = PRUNE_INTERVAL
+        self._next_prune = time.monotonic() + PRUNE_FIRST
         self._progress: anyio.Event
         self._thread = threading.Thread(
             target=self._run_thread, name="stripe-token-meter", daemon=True
@@ -174,8 +186,46 @@ class Worker:
                     return  # requests still out are cancelled; their rows are released
                 if settled and not self._handed and not self._done:
                     return
-            if not moved and not batches and not done:
+            idle = not moved and not batches and not done
+            if self._prune_due(idle) and await self._prune(limiter):
+                continue  # a full chunk: the next one after another delivery turn
+            if idle:
                 await self._idle()
+
+    def _prune_due(self, idle: bool) -> bool:
+        """Whether to delete a chunk of old delivered rows now: when due and nothing is to
+        be sent (no fresh rows waiting, nothing in flight, the turn found nothing), or, when
+        steady traffic never leaves such a turn, once it is a whole interval overdue."""
+        if math.isinf(self._retain) or self.stop_requested.is_set():
+            return False
+        now = time.monotonic()
+        if now < self._next_prune:
+            return False
+        if idle and not self._ready and not self._handed:
+            return True
+        return now >= self._next_prune + self._prune_every
+
+    async def _prune(self, limiter: anyio.CapacityLimiter) -> bool:
+        """One `prune_delivered` chunk on the outbox thread; True if it was full (more may
+        be left: the prune stays due). A failure is logged and delivery goes on."""
+        cutoff = time.time() - self._retain
+        try:
+            n = await anyio.to_thread.run_sync(
+                self._outbox.prune_delivered, cutoff, PRUNE_LIMIT, limiter=limiter
+            )
+        except Exception as exc:  # e.g. database locked for 30 s: try again next interval
+            log.warning(
+                "stripe-token-meter: deleting delivered events older than %.0f s failed (%r); "
+                "delivery goes on, next try in %.0f s",
+                self._retain,
+                exc,
+                self._prune_every,
+            )
+            n = 0
+        if n >= PRUNE_LIMIT:
+            return True
+        self._next_prune = time.monotonic() + self._prune_every
+        return False
 
     def _db_step(
         self,

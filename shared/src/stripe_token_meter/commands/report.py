@@ -2,6 +2,8 @@
 
 Why: before an invoice goes out you want to see what was billed and what was not yet:
 delivered to Stripe, still pending, dead-lettered, or only in the local ledger (no key).
+Delivered rows are kept for `TokenMeter(retain_delivered=...)` (35 days by default), so
+the delivered column covers that window; the other statuses are never deleted.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
         help="tokens per customer, model and token type from the local outbox",
         description="Token usage recorded in the local outbox, per customer, model and token "
-        "type: delivered to Stripe vs pending vs dead-lettered vs local ledger (no key).",
+        "type: delivered to Stripe vs pending vs dead-lettered vs local ledger (no key). "
+        "Delivered events are kept for the meter's retain_delivered window (35 days by "
+        "default): older ones are no longer counted.",
     )
     p.add_argument(
         "--since",

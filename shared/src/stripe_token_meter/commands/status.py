@@ -35,7 +35,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, Any]:
-    """Everything `status` shows, as plain data."""
+    """Everything `status` shows, as plain data. `counts["delivered"]` covers the delivered
+    rows still kept (`TokenMeter(retain_delivered=...)`, 35 days by default)."""
     now = time.time() if now is None else now
     counts = outbox.counts()
     oldest = outbox.query("SELECT MIN(created) FROM events WHERE status='pending'")[0][0]
