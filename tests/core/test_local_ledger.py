@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stripe_token_meter import InvalidTokenCount, MissingCustomer, TokenMeter, Usage
+from stripe_token_meter import InvalidTokenCount, InvalidUsage, MissingCustomer, TokenMeter, Usage
 
 MeterFactory = Callable[..., TokenMeter]
 
@@ -129,6 +129,22 @@ def test_strict_mode_raises_into_caller(local_meter: MeterFactory) -> None:
     meter.record(model="m", input_tokens=1, customer_id="cus_a", request_id="ok")
     assert meter.flush(5)
     assert _rows(meter) == [("cus_a", "m", "input", 1, "local")]
+
+
+def test_a_usage_with_fields_beside_it_is_rejected_not_half_read(
+    local_meter: MeterFactory,
+) -> None:
+    """`record(Usage(...), customer_id=...)` used to drop the fields silently."""
+    meter = local_meter()
+    meter.record(Usage(model="m", input_tokens=3, request_id="r"), customer_id="cus_a")
+    assert meter.flush(5)
+    assert _rows(meter) == []
+    [(code, field, message)] = meter._outbox.query("SELECT code, field, message FROM rejected")
+    assert (code, field) == ("invalid_usage", "fields")
+    assert "['customer_id']" in message and "Usage(..., customer_id=" in message
+    strict = local_meter(strict=True)
+    with pytest.raises(InvalidUsage, match="fields"):
+        strict.record(Usage(model="m", input_tokens=3), customer_id="cus_a")
 
 
 def test_record_after_close_goes_straight_to_outbox(local_meter: MeterFactory) -> None:

@@ -293,6 +293,12 @@ class TokenMeter:
                 raise InvalidUsage("fields", f"{exc}; see Usage's fields") from None
         elif not isinstance(usage, Usage):
             raise InvalidUsage("usage", f"must be a Usage, got {type(usage).__name__}")
+        elif fields:
+            raise InvalidUsage(
+                "fields",
+                f"a Usage was passed with fields {sorted(fields)} as well: put them on the "
+                "Usage (e.g. Usage(..., customer_id='cus_...')) or pass only the fields",
+            )
         if usage.dimensions:
             clash = sorted(self._reserved & usage.dimensions.keys())
             if clash:
