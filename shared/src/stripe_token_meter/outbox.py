@@ -7,6 +7,7 @@ identifier dedup plus our own UNIQUE identifier make a second send harmless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS events (
     error_code TEXT,
     error_message TEXT,
     created REAL NOT NULL,
-    delivered REAL
+    delivered REAL,
+    unconfirmed REAL
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt, id);
 CREATE INDEX IF NOT EXISTS events_delivered ON events (delivered) WHERE status='delivered';
@@ -65,6 +67,28 @@ CREATE TABLE IF NOT EXISTS adjustments (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_UNCONFIRMED_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS events_unconfirmed ON events (unconfirmed)"
+    " WHERE unconfirmed IS NOT NULL"
+)
+"""Run after `_SCHEMA`: a file made before the `unconfirmed` column gets it first."""
+
+UNCONFIRMED_CODE: Final = "unconfirmed_past_dedup_window"
+UNCONFIRMED_LIMIT: Final = 23 * 3600.0
+"""A row first sent without a confirmed outcome longer ago than this is not sent again:
+Stripe's duplicate check on identifiers lasts 24 hours (`retry.DEDUP_WINDOW`), and the
+hour kept in hand covers a request's own duration and clock steps."""
+_EXPIRE_SQL: Final = (
+    "UPDATE events INDEXED BY events_unconfirmed SET status='dead', lease_owner=NULL,"
+    " lease_until=0, error_code=?,"
+    " error_message='sent at ' || strftime('%Y-%m-%dT%H:%M:%SZ', unconfirmed, 'unixepoch')"
+    " || ' without a confirmed answer (last error: ' || COALESCE(error_code, 'none')"
+    " || '), and Stripe refuses a repeated identifier for 24 hours only: sending it again now"
+    " could bill it twice. Check this customer''s usage for that time in Stripe; if it is"
+    " missing there, `stripe-token-meter replay --code " + UNCONFIRMED_CODE + "` sends it'"
+    " WHERE unconfirmed IS NOT NULL AND unconfirmed<? AND status='pending'"
+)
+"""`INDEXED BY`: SQLite would otherwise walk every pending row (`events_due`) on each claim."""
 
 
 WAL_CHECKPOINT_PAGES: Final = 10_000
@@ -189,6 +213,11 @@ class Outbox:
         self._rows_per_insert = max(1, min(500, limit // _N_COLUMNS))
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(events)")}
+            if "unconfirmed" not in columns:  # a file from before this column
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                    self._conn.execute("ALTER TABLE events ADD COLUMN unconfirmed REAL")
+            self._conn.execute(_UNCONFIRMED_INDEX)
 
     def _rollback(self) -> None:
         """Roll back if a transaction is still open: SQLite already rolled back on some
@@ -392,14 +421,26 @@ class Outbox:
             ids,
         )
 
-    def mark_retry(self, ids: Sequence[int], delay: float, code: str, message: str) -> None:
-        """Back to pending, due after `delay`; attempts counted."""
+    def mark_retry(
+        self, ids: Sequence[int], delay: float, code: str, message: str, *, maybe_sent: bool = False
+    ) -> None:
+        """Back to pending, due after `delay`; attempts counted. `maybe_sent`: Stripe may
+        have recorded them (no answer, a 5xx): the first such time is kept (`unconfirmed`)."""
+        now = time.time()
         self._update_ids(
             "UPDATE events SET attempts=attempts+1, next_attempt=?, lease_owner=NULL,"
-            " lease_until=0, error_code=?, error_message=?",
-            (time.time() + delay, code, message[:500]),
+            " lease_until=0, error_code=?, error_message=?"
+            + (", unconfirmed=COALESCE(unconfirmed, ?)" if maybe_sent else ""),
+            (now + delay, code, message[:500], *((now,) if maybe_sent else ())),
             ids,
         )
+
+    def expire_unconfirmed(self, older_than: float) -> int:
+        """Dead-letter pending rows first sent without a confirmed outcome before
+        `older_than` (Unix seconds): Stripe no longer remembers their identifiers, so a
+        resend could bill twice. Kept with the reason and how to send them anyway."""
+        with self._lock:
+            return self._conn.execute(_EXPIRE_SQL, (UNCONFIRMED_CODE, older_than)).rowcount
 
     def release(self, ids: Sequence[int], delay: float = 0.0) -> None:
         """Give rows back without counting an attempt (pause, shutdown)."""
@@ -420,16 +461,15 @@ class Outbox:
     def requeue_dead(self, code: str | None = None) -> int:
         """Dead letters back to pending (after their cause is fixed); identifiers unchanged."""
         with self._lock:
+            # Replaying is the operator's decision to send: the unconfirmed clock restarts.
+            requeue = (
+                "UPDATE events SET status='pending', next_attempt=0, lease_until=0,"
+                " unconfirmed=NULL WHERE status='dead'"
+            )
             if code is None:
-                cur = self._conn.execute(
-                    "UPDATE events SET status='pending', next_attempt=0, lease_until=0 WHERE status='dead'"
-                )
+                cur = self._conn.execute(requeue)
             else:
-                cur = self._conn.execute(
-                    "UPDATE events SET status='pending', next_attempt=0, lease_until=0"
-                    " WHERE status='dead' AND error_code=?",
-                    (code,),
-                )
+                cur = self._conn.execute(requeue + " AND error_code=?", (code,))
             return cur.rowcount
 
     def prune_delivered(self, older_than: float, limit: int = PRUNE_LIMIT) -> int:

@@ -6,7 +6,10 @@ The SDK's `StripeClient` retries nothing by default, never retries a 429 without
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
+import socket
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Final
@@ -31,6 +34,39 @@ class Outcome:
     code: str = ""
     message: str = ""
     retry_after: float | None = None
+    maybe_sent: bool = False
+    """RETRY only: Stripe may have recorded the events although the send failed (no
+    answer after the request went out, a 5xx). A resend is harmless only while Stripe
+    still remembers the identifiers (`DEDUP_WINDOW`)."""
+
+
+DEDUP_WINDOW: Final = 24 * 3600.0
+"""Stripe rejects a repeated meter event identifier for at least 24 hours; after that a
+resend of an event it did record would be billed again."""
+
+
+def _never_connected(err: BaseException | None) -> bool:
+    """The request never left this machine: no connection, no name, refused, bad TLS."""
+    return isinstance(err, _connect_errors())
+
+
+@functools.cache
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+
+    found: list[type[BaseException]] = [
+        aiohttp.ClientConnectorError,  # refused, DNS, TLS, proxy
+        ConnectionRefusedError,
+        socket.gaierror,
+    ]
+    timeout = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
+    if isinstance(timeout, type):
+        found.append(timeout)
+    with contextlib.suppress(ImportError):  # a `stripe_client` of the user's on httpx
+        import httpx
+
+        found += [httpx.ConnectError, httpx.ConnectTimeout]
+    return tuple(found)
 
 
 def _header(err: stripe.StripeError, name: str) -> str | None:
@@ -66,14 +102,21 @@ def classify(err: BaseException) -> Outcome:
 
     if not isinstance(err, stripe.StripeError):
         # aiohttp/OS errors that escaped the SDK, timeouts: transient.
-        return Outcome(Verdict.RETRY, "connection_error", f"{type(err).__name__}: {err}")
+        return Outcome(
+            Verdict.RETRY,
+            "connection_error",
+            f"{type(err).__name__}: {err}",
+            maybe_sent=not _never_connected(err),
+        )
     message = str(err.user_message or err)
     if isinstance(err, stripe.TemporarySessionExpiredError):
         return Outcome(Verdict.RENEW_SESSION, _error_code(err), message)
     if isinstance(err, stripe.RateLimitError):
         return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
     if isinstance(err, stripe.APIConnectionError):
-        return Outcome(Verdict.RETRY, "connection_error", message)
+        # The SDK raises it `from` the HTTP client's own error.
+        sent = not _never_connected(err.__cause__)
+        return Outcome(Verdict.RETRY, "connection_error", message, maybe_sent=sent)
     status = err.http_status or 0
     if isinstance(err, (stripe.AuthenticationError, stripe.PermissionError)) or status in (
         401,
@@ -83,7 +126,10 @@ def classify(err: BaseException) -> Outcome:
     if status == 429:
         return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
     if status >= 500 or status in (0, 408, 409):
-        return Outcome(Verdict.RETRY, _error_code(err), message, retry_after_seconds(err))
+        # Stripe's own word on a 5xx: the request may or may not have been processed.
+        return Outcome(
+            Verdict.RETRY, _error_code(err), message, retry_after_seconds(err), maybe_sent=True
+        )
     if DUPLICATE_MESSAGE in message:
         return Outcome(Verdict.DELIVERED, "duplicate_identifier", message)
     if _header(err, "Stripe-Should-Retry") == "true":

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .outbox import PRUNE_LIMIT, Outbox, Row
+from .outbox import PRUNE_LIMIT, UNCONFIRMED_CODE, UNCONFIRMED_LIMIT, Outbox, Row
 from .retry import Outcome, Verdict, backoff
 
 if TYPE_CHECKING:
@@ -287,6 +287,7 @@ class Worker:
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
         try:
+            self._expire_unconfirmed()
             rows = self._outbox.claim(self.owner, size * free, self._lease)
         except Exception:
             for batch in reversed(batches):  # not handed out: keep them for the next turn
@@ -296,6 +297,20 @@ class Worker:
             self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
         batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
         return batches
+
+    def _expire_unconfirmed(self) -> None:
+        """Before claiming: rows whose first unanswered send is nearly 24 h old are not
+        sent again (Stripe would no longer catch the duplicate), but dead-lettered."""
+        n = self._outbox.expire_unconfirmed(time.time() - UNCONFIRMED_LIMIT)
+        if n:
+            message = (
+                f"{n} events were first sent more than {UNCONFIRMED_LIMIT / 3600:.0f} h ago "
+                "without a confirmed answer from Stripe; a resend past Stripe's 24 h duplicate "
+                "check could bill them twice, so they are dead-lettered: see "
+                "`stripe-token-meter status`"
+            )
+            log.warning("stripe-token-meter: %s", message)
+            self._meter._note_error(UNCONFIRMED_CODE, message)
 
     def _release_ready(self) -> None:
         if self._ready:
@@ -344,7 +359,7 @@ class Worker:
         delivered: list[int] = []
         dead: list[tuple[int, str, str]] = []
         paused: list[int] = []
-        retry: dict[tuple[float, str, str], list[int]] = {}
+        retry: dict[tuple[float, str, str, bool], list[int]] = {}
         answered = failed = 0
         for batch, outcomes in results:
             if all(o.verdict is Verdict.RETRY for o in outcomes):
@@ -368,13 +383,13 @@ class Worker:
                     )
                     if outcome.retry_after is not None:
                         self.hold_until = max(self.hold_until, time.time() + outcome.retry_after)
-                    key = (round(delay, 1), outcome.code, outcome.message)
+                    key = (round(delay, 1), outcome.code, outcome.message, outcome.maybe_sent)
                     retry.setdefault(key, []).append(row.id)
         self._note_outage(answered, failed)
         self._outbox.mark_delivered(delivered)
         self._outbox.mark_dead(dead)
-        for (delay, code, message), ids in retry.items():
-            self._outbox.mark_retry(ids, delay, code, message)
+        for (delay, code, message, maybe_sent), ids in retry.items():
+            self._outbox.mark_retry(ids, delay, code, message, maybe_sent=maybe_sent)
             self._meter._note_error(code, message)
         if dead:
             _, code, message = dead[-1]

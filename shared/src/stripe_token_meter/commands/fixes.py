@@ -50,6 +50,14 @@ FIXES: dict[str, Fix] = {
         "setup` does) or point --event-name at an active meter, " + _REPLAY,
         True,
     ),
+    "unconfirmed_past_dedup_window": Fix(
+        "a send got no confirmed answer (timeout, dropped connection, 5xx) and the event was "
+        "still unconfirmed a day later, past Stripe's 24 h duplicate check: look for this "
+        "customer's usage at that time in Stripe (meter event summaries); if it is missing, "
+        + _REPLAY
+        + ", else leave it",
+        True,
+    ),
     "no_meter": Fix(
         "no meter has this event_name: create it with `stripe-token-meter setup`, " + _REPLAY,
         True,

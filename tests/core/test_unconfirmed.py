@@ -1,0 +1,187 @@
+"""Sends with an unknown outcome, and Stripe's 24 h duplicate check.
+
+Stripe refuses a repeated meter event identifier for 24 hours, so resending an event it
+may have recorded (no answer, a 5xx) is harmless only within that day. A row that is still
+unconfirmed after it is dead-lettered with its reason instead of risking a second bill.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stripe_token_meter import TokenMeter, Usage
+from stripe_token_meter.outbox import (
+    _EXPIRE_SQL,
+    _SCHEMA,
+    UNCONFIRMED_CODE,
+    UNCONFIRMED_LIMIT,
+    Outbox,
+)
+
+MeterFactory = Callable[..., TokenMeter]
+CUS = "cus_unconfirmed"
+HOUR = 3600.0
+
+
+def _usage(request_id: str) -> Usage:
+    return Usage(
+        model="gpt-4o", input_tokens=100, output_tokens=20, request_id=request_id, customer_id=CUS
+    )
+
+
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT token_type, status, attempts, unconfirmed, error_code FROM events ORDER BY id"
+        ).fetchall()
+
+
+def _wait(what: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _attempted(path: Path) -> Callable[[], bool]:
+    return lambda: all(r[2] >= 1 for r in _rows(path)) and len(_rows(path)) == 2
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_a_5xx_or_a_lost_answer_marks_rows_unconfirmed_and_they_are_delivered_once(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path, api: str
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    fake_stripe.fail_next(1, status=500)
+    meter = make_meter(api=api, outbox_path=path, retry_base_delay=0.05)
+    meter.record(_usage("req_500"))
+    assert meter.flush(10)
+    rows = _rows(path)
+    assert [r[1] for r in rows] == ["delivered", "delivered"]
+    if api == "v2":  # one request for both events: both were unconfirmed once
+        assert all(r[3] is not None for r in rows)
+    else:  # one request per event: only the first one failed
+        assert sum(r[3] is not None for r in rows) == 1
+    # Stripe processed the lost answer's request: the resend is caught as a duplicate.
+    fake_stripe.drop_next(1, after_processing=True)
+    meter.record(_usage("req_lost"))
+    assert meter.flush(10)
+    assert len(fake_stripe.identifiers()) == 4
+    assert sorted(fake_stripe.totals().values()) == [40, 200]
+    assert sum(r[3] is not None for r in _rows(path)) == (4 if api == "v2" else 2)
+
+
+def test_a_429_or_a_refused_connection_never_reached_stripe(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    fake_stripe.fail_next(1, status=429, retry_after=None)
+    meter = make_meter(outbox_path=path, retry_base_delay=0.05)
+    meter.record(_usage("req_429"))
+    assert meter.flush(10)
+    assert [(r[1], r[3]) for r in _rows(path)] == [("delivered", None), ("delivered", None)]
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    refused = tmp_path / "refused.sqlite3"
+    down = make_meter(outbox_path=refused, api_base=closed, retry_base_delay=0.05)
+    down.record(_usage("req_refused"))
+    _wait(_attempted(refused))
+    assert [(r[1], r[3], r[4]) for r in _rows(refused)] == [
+        ("pending", None, "connection_error"),
+        ("pending", None, "connection_error"),
+    ]
+
+
+def _leave_unconfirmed(
+    make_meter: MeterFactory, fake_stripe: Any, path: Path, request_id: str
+) -> None:
+    """Record while every send gets a 500, then stop: the rows stay pending, unconfirmed."""
+    fake_stripe.fail_every(1, status=500, retry_after=None)
+    meter = make_meter(outbox_path=path, retry_base_delay=0.05, exit_timeout=0.5)
+    meter.record(_usage(request_id))
+    _wait(_attempted(path))
+    meter.close(timeout=0.5)
+    fake_stripe.clear_faults()
+    rows = _rows(path)
+    assert [r[1] for r in rows] == ["pending", "pending"]
+    assert all(r[3] is not None for r in rows)
+
+
+def _age_unconfirmed(path: Path, seconds: float) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE events SET unconfirmed = unconfirmed - ?", (seconds,))
+
+
+def test_unconfirmed_for_nearly_a_day_is_dead_lettered_not_resent_until_replayed(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    _leave_unconfirmed(make_meter, fake_stripe, path, "req_old")
+    _age_unconfirmed(path, UNCONFIRMED_LIMIT + 60)
+
+    meter = make_meter(outbox_path=path)
+    assert meter.flush(10)
+    assert fake_stripe.identifiers() == []  # not sent again
+    stats = meter.stats()
+    assert stats["dead_lettered"] == 2 and stats["pending"] == 0
+    assert stats["last_error"].startswith(f"{UNCONFIRMED_CODE}: 2 events were first sent")
+    with sqlite3.connect(path) as db:
+        messages = [r[0] for r in db.execute("SELECT error_message FROM events")]
+    assert all(
+        "without a confirmed answer (last error: " in m
+        and f"stripe-token-meter replay --code {UNCONFIRMED_CODE}" in m
+        for m in messages
+    ), messages
+
+    # The operator checked Stripe and replays: sent once, and not dead-lettered again.
+    outbox = Outbox(path)
+    assert outbox.requeue_dead(UNCONFIRMED_CODE) == 2
+    outbox.close()
+    assert meter.flush(10)
+    assert [r[1] for r in _rows(path)] == ["delivered", "delivered"]
+    assert sorted(fake_stripe.totals().values()) == [20, 100]
+    assert len(fake_stripe.identifiers()) == 2
+
+
+def test_unconfirmed_for_less_than_a_day_is_resent(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    _leave_unconfirmed(make_meter, fake_stripe, path, "req_recent")
+    _age_unconfirmed(path, UNCONFIRMED_LIMIT - 600)
+    meter = make_meter(outbox_path=path)
+    assert meter.flush(10)
+    assert [r[1] for r in _rows(path)] == ["delivered", "delivered"]
+    assert sorted(fake_stripe.totals().values()) == [20, 100]
+
+
+def test_an_outbox_from_before_the_column_gets_it_and_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old_schema = _SCHEMA.replace(
+        "    delivered REAL,\n    unconfirmed REAL\n", "    delivered REAL\n"
+    )
+    assert old_schema != _SCHEMA
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO events (identifier, event_name, customer_id, model, token_type, value,"
+            " timestamp, payload, status, created) VALUES ('a', 'e', 'cus_1', 'm', 'input', 5,"
+            " 1, '{}', 'pending', 1)"
+        )
+    outbox = Outbox(path)
+    assert outbox.expire_unconfirmed(time.time()) == 0  # the old row was never sent
+    outbox.mark_retry([1], 0.0, "api_error", "boom", maybe_sent=True)
+    assert outbox.expire_unconfirmed(time.time() + 1) == 1
+    # Checked before each claim: through its partial index, never all pending rows.
+    plan = outbox.query("EXPLAIN QUERY PLAN " + _EXPIRE_SQL, (UNCONFIRMED_CODE, 1.0))
+    assert any("events_unconfirmed" in str(r[-1]) for r in plan), plan
+    outbox.close()
+    Outbox(path).close()  # opening again (the column exists now) is fine
