@@ -1,4 +1,4 @@
-"""`flush`, `replay` and `cancel` against FakeStripe: exactly once, and honest exit codes."""
+"""`flush`, `replay`, `resolve` and `cancel` against FakeStripe: exactly once, and honest exit codes."""
 
 from __future__ import annotations
 
@@ -75,6 +75,32 @@ def test_replay_needs_a_key(cli: Cli, seeded: Seeded) -> None:
     r = cli("replay", "--outbox", str(seeded.path))
     assert r.code == 2 and "needs a Stripe key" in r.err
     assert _statuses(cli, seeded)["dead"] == 2  # nothing was re-queued
+
+
+def test_resolve_settles_dead_letters_without_sending_them(cli: Cli, seeded: Seeded) -> None:
+    sent = Counter(seeded.fake.identifiers())
+    before = cli("status", "--json", "--outbox", str(seeded.path)).json()
+    assert before["counts"]["dead"] == 2 and before["counts"]["resolved"] == 0
+    r = cli("resolve", "--code", "meter_event_customer_not_found", "--json", *seeded.flags())
+    assert r.code == 0, r.err
+    assert r.json() == {
+        "resolved": 2,
+        "code": "meter_event_customer_not_found",
+        "dead_codes_left": [],
+    }
+    after = cli("status", "--json", "--outbox", str(seeded.path)).json()
+    assert (after["counts"]["dead"], after["counts"]["resolved"]) == (0, 2)
+    assert after["dead_letters"] == []
+    text = cli("status", "--outbox", str(seeded.path))
+    assert "0 dead-lettered (2 more resolved)" in text.out
+    # Never sent: neither by resolve nor by a later replay or flush.
+    nothing = cli("replay", *seeded.flags())
+    assert "no dead letters" in nothing.out
+    assert Counter(seeded.fake.identifiers()) == sent
+    again = cli("resolve", "--code", "meter_event_customer_not_found", *seeded.flags())
+    assert "Resolved 0 dead letter(s)" in again.out
+    missing = cli("resolve", *seeded.flags())
+    assert missing.code == 2 and "--code" in missing.err
 
 
 def test_cancel_marks_cancelled_at_stripe_and_in_the_outbox(cli: Cli, seeded: Seeded) -> None:

@@ -11,11 +11,12 @@ def test_report_json_counts_every_status(cli: Cli, seeded: Seeded) -> None:
     data = r.json()
     rows = {
         (x["customer"], x["model"], x["token_type"]): {
-            k: x[k] for k in ("delivered", "pending", "dead", "local", "cancelled", "total")
+            k: x[k]
+            for k in ("delivered", "pending", "dead", "resolved", "local", "cancelled", "total")
         }
         for x in data["rows"]
     }
-    z = {"delivered": 0, "pending": 0, "dead": 0, "local": 0, "cancelled": 0}
+    z = {"delivered": 0, "pending": 0, "dead": 0, "resolved": 0, "local": 0, "cancelled": 0}
     assert rows == {
         ("cus_known", "openai/gpt-4o", "input"): {**z, "delivered": 1000, "total": 1000},
         ("cus_known", "openai/gpt-4o", "output"): {**z, "delivered": 200, "total": 200},
@@ -31,6 +32,7 @@ def test_report_json_counts_every_status(cli: Cli, seeded: Seeded) -> None:
         "pending": 44,
         "dead": 350,
         "local": 77,
+        "resolved": 0,
         "cancelled": 0,
         "total": 1671,
     }
@@ -39,6 +41,7 @@ def test_report_json_counts_every_status(cli: Cli, seeded: Seeded) -> None:
         "pending": 2,
         "dead": 2,
         "local": 2,
+        "resolved": 0,
         "cancelled": 0,
         "total": 8,
     }
@@ -54,6 +57,7 @@ def test_report_filters_by_customer_and_since(cli: Cli, seeded: Seeded) -> None:
         "pending": 0,
         "dead": 350,
         "local": 0,
+        "resolved": 0,
         "cancelled": 0,
         "total": 350,
     }
@@ -76,6 +80,7 @@ def test_status_json(cli: Cli, seeded: Seeded) -> None:
         "delivered": 2,
         "dead": 2,
         "local": 2,
+        "resolved": 0,
         "cancelled": 0,
         "rejected": 1,
     }

@@ -25,6 +25,8 @@ DELIVERED: Final = "delivered"
 DEAD: Final = "dead"
 LOCAL: Final = "local"
 CANCELLED: Final = "cancelled"
+RESOLVED: Final = "resolved"
+"""A dead letter an operator settled without sending it (`stripe-token-meter resolve`)."""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -472,6 +474,16 @@ class Outbox:
                 cur = self._conn.execute(requeue + " AND error_code=?", (code,))
             return cur.rowcount
 
+    def resolve_dead(self, code: str) -> int:
+        """Dead letters with `code` -> `resolved`: kept with their reason, never sent, no
+        longer counted as dead-lettered (the operator settled them, e.g. found them in
+        Stripe). Returns how many."""
+        with self._lock:
+            return self._conn.execute(
+                "UPDATE events SET status='resolved' WHERE status='dead' AND error_code=?",
+                (code,),
+            ).rowcount
+
     def prune_delivered(self, older_than: float, limit: int = PRUNE_LIMIT) -> int:
         """Delete at most `limit` delivered rows delivered (and timestamped) before
         `older_than` (Unix seconds), oldest first, in one short transaction; returns how many.
@@ -527,7 +539,7 @@ class Outbox:
         than `TokenMeter(retain_delivered=...)` (35 days by default, see `prune_delivered`).
         """
         with self._lock:
-            out = {s: 0 for s in (PENDING, DELIVERED, DEAD, LOCAL, CANCELLED)}
+            out = {s: 0 for s in (PENDING, DELIVERED, DEAD, LOCAL, CANCELLED, RESOLVED)}
             for status, n in self._conn.execute(
                 "SELECT status, COUNT(*) FROM events GROUP BY status"
             ):

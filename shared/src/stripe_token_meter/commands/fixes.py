@@ -55,7 +55,7 @@ FIXES: dict[str, Fix] = {
         "still unconfirmed a day later, past Stripe's 24 h duplicate check: look for this "
         "customer's usage at that time in Stripe (meter event summaries); if it is missing, "
         + _REPLAY
-        + ", else leave it",
+        + ", else `stripe-token-meter resolve --code {code}`",
         True,
     ),
     "no_meter": Fix(

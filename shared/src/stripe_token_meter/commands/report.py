@@ -21,8 +21,9 @@ from ._outbox import open_outbox
 from ._output import out, print_json
 from ._since import iso, parse_since
 
-STATUSES = ("delivered", "pending", "dead", "local", "cancelled")
-"""Outbox row statuses, in the order shown; `total` sums all but `cancelled`."""
+STATUSES = ("delivered", "pending", "dead", "resolved", "local", "cancelled")
+"""Outbox row statuses, in the order shown; `total` sums all but `cancelled`
+(`resolved`: dead letters an operator settled with `stripe-token-meter resolve`)."""
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

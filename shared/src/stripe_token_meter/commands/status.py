@@ -76,7 +76,16 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
         },
         "counts": {
             k: counts[k]
-            for k in ("pending", "retrying", "delivered", "dead", "local", "cancelled", "rejected")
+            for k in (
+                "pending",
+                "retrying",
+                "delivered",
+                "dead",
+                "resolved",
+                "local",
+                "cancelled",
+                "rejected",
+            )
         },
         "oldest_pending_age_seconds": None if oldest is None else round(now - float(oldest), 3),
         "dead_letters": [
@@ -134,7 +143,9 @@ def _print(d: dict[str, Any]) -> None:
     console.print(
         f"[bold]Events[/] {c['pending']:,} pending ({c['retrying']:,} retrying, oldest "
         f"{ago(d['oldest_pending_age_seconds'])}), {c['delivered']:,} delivered, "
-        f"{c['dead']:,} dead-lettered, {c['local']:,} local, {c['cancelled']:,} cancelled; "
+        f"{c['dead']:,} dead-lettered"
+        + (f" ({c['resolved']:,} more resolved)" if c["resolved"] else "")
+        + f", {c['local']:,} local, {c['cancelled']:,} cancelled; "
         f"{c['rejected']:,} usage record(s) rejected"
     )
     if d["last_error"]:
