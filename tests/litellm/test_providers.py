@@ -29,13 +29,14 @@ def openai_server() -> Any:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def anthropic_server() -> Any:
+@pytest.fixture(scope="module", params=[False, True], ids=["delta-output", "delta-cumulative"])
+def anthropic_server(request: pytest.FixtureRequest) -> Any:
     with AnthropicServer(
         input_tokens=50,
         output_tokens=30,
         cache_read_input_tokens=200,
         cache_creation_input_tokens=300,
+        cumulative_delta=request.param,
     ) as srv:
         yield srv
 

@@ -7,7 +7,6 @@ on the last, choice-less chunk, which LlamaIndex yields: its End event carries i
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai import OpenAI
 from llamaindex_stripe import instrument
 from support.events import event_tuples
+from support.llama_calls import METHODS, run_llm
 from support.providers import OpenAIServer
 
 CUS = "cus_openai"
@@ -41,43 +41,9 @@ def _llm(srv: OpenAIServer, **kwargs: Any) -> OpenAI:
 
 
 def _run(llm: OpenAI, method: str) -> None:
-    if method == "chat":
-        llm.chat(MSGS)
-    elif method == "complete":
-        llm.complete("hello")
-    elif method == "stream_chat":
-        for _ in llm.stream_chat(MSGS):
-            pass
-    elif method == "stream_complete":
-        for _ in llm.stream_complete("hello"):
-            pass
-    else:
-
-        async def go() -> None:
-            if method == "achat":
-                await llm.achat(MSGS)
-            elif method == "acomplete":
-                await llm.acomplete("hello")
-            elif method == "astream_chat":
-                async for _ in await llm.astream_chat(MSGS):
-                    pass
-            else:
-                async for _ in await llm.astream_complete("hello"):
-                    pass
-
-        asyncio.run(go())
+    run_llm(llm, method, MSGS)
 
 
-METHODS = [
-    "chat",
-    "complete",
-    "stream_chat",
-    "stream_complete",
-    "achat",
-    "acomplete",
-    "astream_chat",
-    "astream_complete",
-]
 BASIC = [(CUS, "openai/gpt-4o", "input", 100), (CUS, "openai/gpt-4o", "output", 20)]
 DETAILED = [
     (CUS, "openai/gpt-4o", "input", 70),

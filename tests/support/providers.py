@@ -224,6 +224,9 @@ class AnthropicServer(_Server):
     """`/v1/messages` (stream or not) with Anthropic's usage shape.
 
     `input_tokens` exclude `cache_read_input_tokens` and `cache_creation_input_tokens`.
+    Streams report input and cache counts on `message_start`; `message_delta` has the
+    output count, or with `cumulative_delta` every count again (cumulative, as the API
+    may send it).
     """
 
     def __init__(
@@ -235,8 +238,12 @@ class AnthropicServer(_Server):
         cache_read_input_tokens: int = 0,
         cache_creation_input_tokens: int = 0,
         text: str = "Hello from the fake Claude",
+        cumulative_delta: bool = False,
     ) -> None:
         super().__init__()
+        # The API documents `message_delta.usage` as cumulative, and may repeat the input
+        # and cache counts there: a client that adds them to `message_start`'s bills twice.
+        self.cumulative_delta = cumulative_delta
         self.model = model
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -316,7 +323,9 @@ class AnthropicServer(_Server):
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": self.output_tokens},
+                    "usage": usage
+                    if self.cumulative_delta
+                    else {"output_tokens": self.output_tokens},
                 },
             )
             yield ev("message_stop", {"type": "message_stop"})

@@ -332,6 +332,17 @@ class TokenMeter:
         )
         if not events:
             self._count("empty")
+        elif not (usage.input_tokens or usage.cached_input_tokens or usage.cache_write_tokens) and (
+            usage.output_tokens or usage.reasoning_tokens
+        ):
+            # A prompt always has tokens: the input count was lost on the way, not zero.
+            self._warn_once(
+                f"no_input:{usage.model}",
+                f"stripe-token-meter: usage for {usage.model} reports output tokens but no "
+                "input tokens; billed as reported. The provider or framework dropped the "
+                "input count (e.g. LangChain's ChatAnthropic streaming from a server whose "
+                "message_delta lacks the cumulative usage Anthropic's API sends)",
+            )
         return events
 
     def _events_or_reject(self, item: _Item) -> list[MeterEvent]:
