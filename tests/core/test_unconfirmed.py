@@ -185,3 +185,21 @@ def test_an_outbox_from_before_the_column_gets_it_and_its_index(tmp_path: Path) 
     assert any("events_unconfirmed" in str(r[-1]) for r in plan), plan
     outbox.close()
     Outbox(path).close()  # opening again (the column exists now) is fine
+
+
+def test_a_request_cancelled_at_close_leaves_its_rows_unconfirmed(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    """close()'s deadline cancels a request that is out: Stripe may have recorded it."""
+    path = tmp_path / "o.sqlite3"
+    fake_stripe.stall_next(3.0, path_prefix="/v1/billing/meter_events")
+    meter = make_meter(api="v1", outbox_path=path, concurrency=1)
+    meter.record(_usage("req_stalled"))
+    _wait(lambda: len(_rows(path)) == 2)
+    time.sleep(0.3)  # the first event's request is out, stalled by FakeStripe
+    meter.close(timeout=0.3)
+    rows = _rows(path)
+    assert [r[1] for r in rows] == ["pending", "pending"]
+    # One request was out (the stalled one); the other event never left the queue.
+    assert sorted(r[3] is not None for r in rows) == [False, True]
+    assert [r[2] for r in rows] == [0, 0]  # released, not counted as attempts

@@ -91,6 +91,10 @@ _EXPIRE_SQL: Final = (
     " WHERE unconfirmed IS NOT NULL AND unconfirmed<? AND status='pending'"
 )
 """`INDEXED BY`: SQLite would otherwise walk every pending row (`events_due`) on each claim."""
+_ANY_EXPIRED_SQL: Final = (
+    "SELECT EXISTS(SELECT 1 FROM events INDEXED BY events_unconfirmed"
+    " WHERE unconfirmed IS NOT NULL AND unconfirmed<? AND status='pending')"
+)
 
 
 WAL_CHECKPOINT_PAGES: Final = 10_000
@@ -442,13 +446,20 @@ class Outbox:
         `older_than` (Unix seconds): Stripe no longer remembers their identifiers, so a
         resend could bill twice. Kept with the reason and how to send them anyway."""
         with self._lock:
+            # A read first: it runs before every claim, and a write statement would take
+            # the file's write lock each time, which processes sharing the outbox contend for.
+            if not self._conn.execute(_ANY_EXPIRED_SQL, (older_than,)).fetchone()[0]:
+                return 0
             return self._conn.execute(_EXPIRE_SQL, (UNCONFIRMED_CODE, older_than)).rowcount
 
-    def release(self, ids: Sequence[int], delay: float = 0.0) -> None:
-        """Give rows back without counting an attempt (pause, shutdown)."""
+    def release(self, ids: Sequence[int], delay: float = 0.0, *, maybe_sent: bool = False) -> None:
+        """Give rows back without counting an attempt (pause, shutdown). `maybe_sent`: their
+        request was cancelled while out, so Stripe may have them (see `mark_retry`)."""
+        now = time.time()
         self._update_ids(
-            "UPDATE events SET lease_owner=NULL, lease_until=0, next_attempt=?",
-            (time.time() + delay,),
+            "UPDATE events SET lease_owner=NULL, lease_until=0, next_attempt=?"
+            + (", unconfirmed=COALESCE(unconfirmed, ?)" if maybe_sent else ""),
+            (now + delay, *((now,) if maybe_sent else ())),
             ids,
         )
 

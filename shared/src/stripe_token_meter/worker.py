@@ -89,6 +89,8 @@ class Worker:
         """When `_ready` last went from empty to not: no later than its oldest row's lease."""
         self._handed: dict[int, Sequence[Row]] = {}
         """Batches given to senders and not yet back, by `id()`."""
+        self._sending: set[int] = set()
+        """`id`s of handed batches a sender has taken: their request may be out."""
         self._outage = 0
         """Consecutive turns whose batches all failed (see `_note_outage`)."""
         self._next_store = 0.0
@@ -145,8 +147,13 @@ class Worker:
                     self._apply(done)
             finally:
                 if self._handed:  # their rows go back now, not when their lease runs out
-                    self._ready.extend(r for batch in self._handed.values() for r in batch)
+                    out = [r.id for k, b in self._handed.items() if k in self._sending for r in b]
+                    self._ready.extend(
+                        r for k, b in self._handed.items() if k not in self._sending for r in b
+                    )
                     self._handed.clear()
+                    # Cancelled mid-request: Stripe may have recorded them (see mark_retry).
+                    self._outbox.release(out, maybe_sent=True)
                 self._release_ready()
             if transport is not None:
                 with anyio.CancelScope(shield=True):
@@ -324,10 +331,12 @@ class Worker:
         """Sends batches as they come; outcomes go back to the loop, which owns the outbox."""
         async with to_take:
             async for batch in to_take:
+                self._sending.add(id(batch))  # left in place if this send is cancelled
                 try:
                     outcomes = await transport.send(batch)
                 except Exception as exc:  # a transport bug must not lose rows: retry them
                     outcomes = [Outcome(Verdict.RETRY, "internal_error", repr(exc))] * len(batch)
+                self._sending.discard(id(batch))
                 del self._handed[id(batch)]
                 self._done.append((batch, outcomes))
                 self._progress.set()
