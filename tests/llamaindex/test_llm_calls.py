@@ -11,51 +11,14 @@ import pytest
 from llama_index.core.llms import ChatMessage, MockLLM
 from llamaindex_stripe import instrument
 from support.events import event_tuples
+from support.llama_calls import METHODS, run_llm
 
 CUS = "cus_llama"
 MSGS = [ChatMessage(role="user", content="hi there")]
 
 
 def _sync(llm: Any, method: str) -> None:
-    if method == "chat":
-        llm.chat(MSGS)
-    elif method == "complete":
-        llm.complete("hi there")
-    elif method == "stream_chat":
-        for _ in llm.stream_chat(MSGS):
-            pass
-    elif method == "stream_complete":
-        for _ in llm.stream_complete("hi there"):
-            pass
-    else:
-        asyncio.run(_async(llm, method))
-
-
-async def _async(llm: Any, method: str) -> None:
-    if method == "achat":
-        await llm.achat(MSGS)
-    elif method == "acomplete":
-        await llm.acomplete("hi there")
-    elif method == "astream_chat":
-        async for _ in await llm.astream_chat(MSGS):
-            pass
-    elif method == "astream_complete":
-        async for _ in await llm.astream_complete("hi there"):
-            pass
-    else:
-        raise AssertionError(method)
-
-
-METHODS = [
-    "chat",
-    "complete",
-    "stream_chat",
-    "stream_complete",
-    "achat",
-    "acomplete",
-    "astream_chat",
-    "astream_complete",
-]
+    run_llm(llm, method, MSGS, prompt="hi there")
 
 
 @pytest.mark.parametrize("method", METHODS)
