@@ -79,6 +79,10 @@ def test_sigkill_mid_delivery_then_next_process_delivers_rest(
     meter = _drain(fake_stripe, outbox)
     _assert_each_once(fake_stripe, 5000)
     assert meter.stats()["delivered"] == 10_000
+    # The killed process's leased rows may have been sent: stamped unconfirmed (for
+    # Stripe's 24 h duplicate window), the rest not.
+    [(suspect,)] = meter._outbox.query("SELECT COUNT(*) FROM events WHERE unconfirmed IS NOT NULL")
+    assert 0 < suspect < 10_000
     meter.close()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 from stripe_token_meter import TokenMeter, Usage
+from stripe_token_meter.events import MeterEvent
 from stripe_token_meter.outbox import (
     _EXPIRE_SQL,
     _SCHEMA,
@@ -203,3 +206,50 @@ def test_a_request_cancelled_at_close_leaves_its_rows_unconfirmed(
     # One request was out (the stalled one); the other event never left the queue.
     assert sorted(r[3] is not None for r in rows) == [False, True]
     assert [r[2] for r in rows] == [0, 0]  # released, not counted as attempts
+
+
+def _leased(outbox: Outbox, owner: str, n: int, lease: float) -> list[int]:
+    events = [
+        MeterEvent(
+            identifier=f"{owner}-{i}",
+            event_name="e",
+            timestamp=1,
+            customer_id="cus_1",
+            model="m",
+            token_type="input",
+            value=1,
+            payload={},
+        )
+        for i in range(n)
+    ]
+    return [r.id for r in outbox.add_leased(events, owner, lease)]
+
+
+def test_rows_whose_lease_ran_out_or_whose_process_died_are_unconfirmed(tmp_path: Path) -> None:
+    """Their holder never handed them back: it may have sent them before it stopped."""
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    unconfirmed = "SELECT COUNT(*) FROM events WHERE unconfirmed IS NOT NULL"
+    expired = _leased(outbox, "otherhost:1:abc", 3, lease=0.0)
+    released = _leased(outbox, "otherhost:1:def", 2, lease=30.0)
+    outbox.release(released)  # handed back unsent: nothing to suspect
+    claimed = outbox.claim("me", 10, 30.0)
+    assert sorted(r.id for r in claimed) == sorted(expired + released)
+    assert outbox.query(unconfirmed) == [(3,)]
+    assert outbox.query("SELECT id FROM events WHERE unconfirmed IS NOT NULL ORDER BY id") == [
+        (i,) for i in sorted(expired)
+    ]
+
+    proc = subprocess.run(  # a pid that no longer exists on this host
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = f"{socket.gethostname()}:{proc.stdout.strip()}:0000"
+    orphans = _leased(outbox, dead, 2, lease=30.0)
+    assert outbox.reclaim_from_dead_processes(socket.gethostname()) == 1
+    assert outbox.query(
+        "SELECT COUNT(*) FROM events WHERE unconfirmed IS NOT NULL AND id IN (?, ?)", orphans
+    ) == [(2,)]
+    assert outbox.query(unconfirmed) == [(5,)]
+    outbox.close()

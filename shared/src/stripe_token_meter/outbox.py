@@ -339,13 +339,17 @@ class Outbox:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                # A row still naming an owner was never handed back: its lease ran out
+                # (the holder died or stalled), so its request may have reached Stripe.
                 cur = self._conn.execute(
-                    "UPDATE events SET lease_owner=?, lease_until=? WHERE id IN ("
+                    "UPDATE events SET lease_owner=?, lease_until=?, unconfirmed=CASE WHEN"
+                    " lease_owner IS NULL THEN unconfirmed ELSE COALESCE(unconfirmed, ?) END"
+                    " WHERE id IN ("
                     " SELECT id FROM events WHERE status='pending' AND next_attempt<=?"
                     " AND lease_until<=? ORDER BY next_attempt, id LIMIT ?)"
                     " RETURNING id, identifier, event_name, customer_id, model, token_type,"
                     " value, timestamp, payload, attempts",
-                    (owner, now + lease_seconds, now, now, limit),
+                    (owner, now + lease_seconds, now, now, now, limit),
                 )
                 fetched = cur.fetchall()
                 self._conn.execute("COMMIT")
@@ -384,9 +388,11 @@ class Outbox:
                 )
             ]
         dead = [o for o in owners if _owner_is_dead(o, host)]
+        # A killed process may have had their requests out: Stripe may have them.
         self._update_many(
-            "UPDATE events SET lease_owner=NULL, lease_until=0 WHERE status='pending' AND lease_owner=?",
-            [(o,) for o in dead],
+            "UPDATE events SET lease_owner=NULL, lease_until=0,"
+            " unconfirmed=COALESCE(unconfirmed, ?) WHERE status='pending' AND lease_owner=?",
+            [(now, o) for o in dead],
         )
         return len(dead)
 
