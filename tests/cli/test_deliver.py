@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from cli_testkit import Cli, Seeded, dead_port
+from stripe_token_meter.events import MeterEvent
+from stripe_token_meter.outbox import Outbox
+
+
+def _event(request_id: str) -> MeterEvent:
+    return MeterEvent(
+        identifier=f"{request_id}:input:token-billing-tokens",
+        event_name="token-billing-tokens",
+        timestamp=int(time.time()),
+        customer_id="cus_known",
+        model="openai/gpt-4o",
+        token_type="input",
+        value=9,
+        payload={
+            "stripe_customer_id": "cus_known",
+            "value": "9",
+            "model": "openai/gpt-4o",
+            "token_type": "input",
+        },
+    )
 
 
 def _statuses(cli: Cli, seeded: Seeded) -> dict[str, int]:
@@ -129,16 +150,53 @@ def test_cancel_marks_cancelled_at_stripe_and_in_the_outbox(cli: Cli, seeded: Se
     assert _statuses(cli, seeded)["cancelled"] == 2
 
 
-def test_cancel_refuses_what_stripe_never_had(cli: Cli, seeded: Seeded) -> None:
+def test_cancel_withdraws_what_stripe_never_had_unless_a_send_may_be_there(
+    cli: Cli, seeded: Seeded
+) -> None:
+    outbox = Outbox(seeded.path)
+    fresh = [_event("new1"), _event("out1"), _event("unsure1")]
+    outbox.add(fresh[:1])
+    outbox.add_leased(fresh[1:2], "otherhost:1:abc", 300.0)  # a request may be out now
+    [unsure] = outbox.add_leased(fresh[2:], "me", 30.0)
+    outbox.mark_retry([unsure.id], 0.0, "api_error", "500", maybe_sent=True)
+    outbox.close()
     r = cli(
         "cancel",
-        "pend1:input:token-billing-tokens",
+        "new1:input:token-billing-tokens",
+        "dead1",
+        "loc1",
+        "out1:input:token-billing-tokens",
+        "unsure1:input:token-billing-tokens",
         "nope:input:token-billing-tokens",
         "--json",
         *seeded.flags(),
     )
     assert r.code == 1
     results = {x["identifier"]: x for x in r.json()["results"]}
-    assert "pending in the outbox" in results["pend1:input:token-billing-tokens"]["error"]
+    withdrawn = {i for i, x in results.items() if x["status"] == "cancelled"}
+    assert withdrawn == {
+        "new1:input:token-billing-tokens",
+        "dead1:input:token-billing-tokens",
+        "dead1:output:token-billing-tokens",
+        "loc1:input:token-billing-tokens",
+        "loc1:output:token-billing-tokens",
+    }
+    assert all(results[i]["where"] == "outbox" for i in withdrawn)
+    assert "leased" in results["out1:input:token-billing-tokens"]["error"]
+    assert "may have reached Stripe" in results["unsure1:input:token-billing-tokens"]["error"]
     assert "No meter event found" in results["nope:input:token-billing-tokens"]["error"]
-    assert seeded.fake.cancelled_identifiers() == set()
+    assert seeded.fake.cancelled_identifiers() == set()  # nothing asked of Stripe for them
+    # Withdrawn events are never sent: a flush delivers only what is left.
+    before = Counter(seeded.fake.identifiers())
+    flushed = cli("flush", "--timeout", "20", *seeded.flags())
+    sent = Counter(seeded.fake.identifiers()) - before
+    assert not any(i.startswith(("new1:", "dead1:", "loc1:")) for i in sent), flushed.out
+    report = cli("report", "--json", "--outbox", str(seeded.path)).json()
+    assert report["events"]["local"] == 0 and report["events"]["dead"] == 0
+
+
+def test_cancel_of_events_not_sent_needs_no_key(cli: Cli, seeded: Seeded) -> None:
+    r = cli("cancel", "loc1", "--outbox", str(seeded.path))
+    assert r.code == 0, r.err
+    assert r.out.count("withdrawn before delivery") == 2
+    assert _statuses(cli, seeded)["cancelled"] == 2

@@ -491,6 +491,44 @@ class Outbox:
                 cur = self._conn.execute(requeue + " AND error_code=?", (code,))
             return cur.rowcount
 
+    def withdraw(self, identifier: str) -> str | None:
+        """Cancel an event Stripe does not have, here only: a pending, dead or local row
+        goes to `cancelled` and is never sent. Returns why not if it cannot be: its request
+        may be out now (leased), or an earlier send may have reached Stripe (unconfirmed)."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute(
+                    "SELECT status, lease_owner, lease_until, unconfirmed FROM events"
+                    " WHERE identifier=?",
+                    (identifier,),
+                ).fetchone()
+                why = None
+                if row is None:
+                    why = "no such event in the outbox"
+                elif row[0] not in (PENDING, DEAD, LOCAL):
+                    why = f"the event is {row[0]}"
+                elif row[1] is not None and row[2] > now:
+                    why = "its request may be out right now (leased): try again once it is sent"
+                elif row[3] is not None:
+                    why = (
+                        "an earlier send of it may have reached Stripe (no confirmed answer): "
+                        "if pending, let it be delivered and cancel it then; if dead-lettered, "
+                        "see `stripe-token-meter status`"
+                    )
+                else:
+                    self._conn.execute(
+                        "UPDATE events SET status='cancelled', lease_owner=NULL, lease_until=0"
+                        " WHERE identifier=?",
+                        (identifier,),
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return why
+
     def resolve_dead(self, code: str) -> int:
         """Dead letters with `code` -> `resolved`: kept with their reason, never sent, no
         longer counted as dead-lettered (the operator settled them, e.g. found them in

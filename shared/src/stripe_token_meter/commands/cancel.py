@@ -1,14 +1,17 @@
-"""`stripe-token-meter cancel`: cancel delivered meter events (Stripe allows 24 hours).
+"""`stripe-token-meter cancel`: cancel meter events, at Stripe or before they get there.
 
 Why: a call billed by mistake (a test customer, a retry storm in someone else's code) is
-undone with a meter event adjustment, and the outbox remembers it so `report` stops
-counting the event as billed.
+undone with a meter event adjustment (Stripe allows 24 hours), and the outbox remembers it
+so `report` stops counting the event as billed. An event not sent yet (pending, dead,
+local) is withdrawn in the outbox instead, unless a send of it may already be at Stripe.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import stripe
@@ -26,10 +29,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "cancel",
         parents=parents,
-        help="cancel delivered meter events by identifier (within 24 h)",
+        help="cancel meter events by identifier: at Stripe (within 24 h) or before sending",
         description="Cancel meter events at Stripe with meter event adjustments (type "
         "cancel; Stripe accepts them within 24 hours of the event) and record it in the "
-        "outbox. A request id (the part before ':') cancels all its token types.",
+        "outbox; events not delivered yet are withdrawn in the outbox and never sent. A "
+        "request id (the part before ':') cancels all its token types.",
     )
     p.add_argument("identifiers", nargs="+", metavar="IDENTIFIER", help="event identifier(s)")
     p.add_argument("--json", action="store_true", help="machine-readable results")
@@ -53,7 +57,7 @@ def _like_prefix(ident: str) -> str:
 
 
 def _cancel_one(
-    client: stripe.StripeClient,
+    client: Callable[[], stripe.StripeClient],
     cfg: Config,
     outbox: Outbox,
     target: tuple[str, str | None, str | None, float | None],
@@ -67,16 +71,20 @@ def _cancel_one(
         "error": None,
     }
     if status in ("pending", "dead", "local"):
-        result["error"] = (
-            f"the event is {status} in the outbox, not delivered: there is nothing to cancel at Stripe"
-        )
+        # Not at Stripe (as far as the outbox knows): withdrawn here, never sent.
+        why = outbox.withdraw(ident)
+        if why is None:
+            result["status"] = "cancelled"
+            result["where"] = "outbox"
+        else:
+            result["error"] = f"the event is {status} in the outbox and was not withdrawn: {why}"
         return result
     if status == "cancelled":
         result["status"] = "cancelled"
         result["error"] = "already cancelled"
         return result
     try:
-        client.v1.billing.meter_event_adjustments.create(
+        client().v1.billing.meter_event_adjustments.create(
             {"event_name": name, "type": "cancel", "cancel": {"identifier": ident}}
         )
     except (stripe.APIConnectionError, stripe.AuthenticationError, stripe.PermissionError) as exc:
@@ -90,12 +98,13 @@ def _cancel_one(
         return result
     outbox.record_adjustment(ident, name, "cancelled", None)
     result["status"] = "cancelled"
+    result["where"] = "stripe"
     return result
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    client = cfg.client("cancel")
+    client = functools.cache(lambda: cfg.client("cancel"))  # a key only for Stripe's part
     outbox = open_outbox(cfg, must_exist=False)
     targets = [t for ident in args.identifiers for t in expand(outbox, ident)]
     results = [_cancel_one(client, cfg, outbox, t) for t in targets]
@@ -107,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         console = out()
         for r in results:
-            if r["status"] == "cancelled" and not r["error"]:
+            if r["status"] == "cancelled" and r.get("where") == "outbox":
+                console.print(f"[green]withdrawn before delivery[/] {r['identifier']}")
+            elif r["status"] == "cancelled" and not r["error"]:
                 console.print(f"[green]cancelled[/] {r['identifier']} ({r['event_name']})")
             elif r["status"] == "cancelled":
                 console.print(f"[dim]{r['error']}[/] {r['identifier']}")
