@@ -7,7 +7,7 @@ from collections import Counter
 
 from cli_testkit import Cli, Seeded, dead_port
 from stripe_token_meter.events import MeterEvent
-from stripe_token_meter.outbox import Outbox
+from stripe_token_meter.outbox import UNCONFIRMED_CODE, Outbox
 
 
 def _event(request_id: str) -> MeterEvent:
@@ -90,6 +90,20 @@ def test_replay_after_fixing_the_cause_delivers_once(cli: Cli, seeded: Seeded) -
     assert (nothing.code, "no dead letters" in nothing.out) == (0, True)
     assert Counter(seeded.fake.identifiers()) == ids  # nothing sent twice
     assert "dead" not in _statuses(cli, seeded)
+
+
+def test_replay_holds_back_unconfirmed_events_unless_named(cli: Cli, seeded: Seeded) -> None:
+    outbox = Outbox(seeded.path)
+    [row] = outbox.add_leased([_event("late1")], "me", 30.0)
+    outbox.mark_dead([(row.id, UNCONFIRMED_CODE, "sent 2 days ago without an answer")])
+    outbox.close()
+    r = cli("replay", "--json", "--timeout", "20", *seeded.flags())
+    assert r.code == 0, r.out + r.err
+    assert (r.json()["requeued"], r.json()["held_back"]) == (2, 1)  # dead1's two events
+    assert not any(i.startswith("late1:") for i in seeded.fake.identifiers())
+    named = cli("replay", "--code", UNCONFIRMED_CODE, "--json", "--timeout", "20", *seeded.flags())
+    assert named.code == 0 and named.json()["delivered"] == 1
+    assert Counter(seeded.fake.identifiers())["late1:input:token-billing-tokens"] == 1
 
 
 def test_replay_needs_a_key(cli: Cli, seeded: Seeded) -> None:

@@ -20,7 +20,6 @@ import pytest
 from stripe_token_meter import TokenMeter, Usage
 from stripe_token_meter.events import MeterEvent
 from stripe_token_meter.outbox import (
-    _EXPIRE_SQL,
     _SCHEMA,
     UNCONFIRMED_CODE,
     UNCONFIRMED_LIMIT,
@@ -29,7 +28,7 @@ from stripe_token_meter.outbox import (
 
 MeterFactory = Callable[..., TokenMeter]
 CUS = "cus_unconfirmed"
-HOUR = 3600.0
+EVENTS_PATH = {"v2": "/v2/billing/meter_event_stream", "v1": "/v1/billing/meter_events"}
 
 
 def _usage(request_id: str) -> Usage:
@@ -61,7 +60,7 @@ def test_a_5xx_or_a_lost_answer_marks_rows_unconfirmed_and_they_are_delivered_on
     make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path, api: str
 ) -> None:
     path = tmp_path / "o.sqlite3"
-    fake_stripe.fail_next(1, status=500)
+    fake_stripe.fail_next(1, status=500, path_prefix=EVENTS_PATH[api])
     meter = make_meter(api=api, outbox_path=path, retry_base_delay=0.05)
     meter.record(_usage("req_500"))
     assert meter.flush(10)
@@ -107,7 +106,7 @@ def _leave_unconfirmed(
     make_meter: MeterFactory, fake_stripe: Any, path: Path, request_id: str
 ) -> None:
     """Record while every send gets a 500, then stop: the rows stay pending, unconfirmed."""
-    fake_stripe.fail_every(1, status=500, retry_after=None)
+    fake_stripe.fail_every(1, status=500, retry_after=None, path_prefix=EVENTS_PATH["v2"])
     meter = make_meter(outbox_path=path, retry_base_delay=0.05, exit_timeout=0.5)
     meter.record(_usage(request_id))
     _wait(_attempted(path))
@@ -180,14 +179,61 @@ def test_an_outbox_from_before_the_column_gets_it_and_its_index(tmp_path: Path) 
             " 1, '{}', 'pending', 1)"
         )
     outbox = Outbox(path)
-    assert outbox.expire_unconfirmed(time.time()) == 0  # the old row was never sent
-    outbox.mark_retry([1], 0.0, "api_error", "boom", maybe_sent=True)
-    assert outbox.expire_unconfirmed(time.time() + 1) == 1
-    # Checked before each claim: through its partial index, never all pending rows.
-    plan = outbox.query("EXPLAIN QUERY PLAN " + _EXPIRE_SQL, (UNCONFIRMED_CODE, 1.0))
-    assert any("events_unconfirmed" in str(r[-1]) for r in plan), plan
+    [row] = outbox.claim("me", 10, 30.0)  # the old row was never sent: claimed as usual
+    outbox.mark_retry([row.id], 0.0, "api_error", "boom", maybe_sent=True)
+    _age_unconfirmed(path, UNCONFIRMED_LIMIT + 1)
+    assert outbox.claim("me", 10, 30.0) == []
+    assert outbox.take_expired() == 1 and outbox.take_expired() == 0
+    assert outbox.query("SELECT status, error_code FROM events") == [("dead", UNCONFIRMED_CODE)]
     outbox.close()
     Outbox(path).close()  # opening again (the column exists now) is fine
+
+
+def test_a_lease_that_ran_out_long_ago_is_dead_lettered_not_resent(tmp_path: Path) -> None:
+    """A process was killed mid-request and nothing opened the outbox for two days: the
+    row is stamped as of its lease's end, so the claim sees it is past the window."""
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path)
+    _leased(outbox, "otherhost:1:abc", 1, lease=30.0)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE events SET lease_until = ?", (time.time() - 2 * 86400,))
+    assert outbox.claim("me", 10, 30.0) == []
+    assert outbox.take_expired() == 1
+    [(status, code, unconfirmed)] = outbox.query(
+        "SELECT status, error_code, unconfirmed FROM events"
+    )
+    assert (status, code) == ("dead", UNCONFIRMED_CODE)
+    assert unconfirmed < time.time() - 86400
+    # An unrelated replay leaves it alone; only naming its code sends it.
+    assert outbox.requeue_dead() == 0
+    assert outbox.requeue_dead(UNCONFIRMED_CODE) == 1
+    outbox.close()
+
+
+def test_answers_for_rows_dead_lettered_meanwhile_keep_their_reason(tmp_path: Path) -> None:
+    """A slow send's failure must not rewrite a dead letter into a replayable one."""
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    [rid] = _leased(outbox, "me", 1, lease=30.0)
+    outbox.mark_dead([(rid, UNCONFIRMED_CODE, "past the window")])
+    outbox.mark_retry([rid], 0.0, "connection_error", "timeout", maybe_sent=True)
+    outbox.release([rid])
+    assert outbox.query("SELECT status, error_code, error_message FROM events") == [
+        ("dead", UNCONFIRMED_CODE, "past the window")
+    ]
+    outbox.close()
+
+
+def test_a_failed_v2_session_is_not_a_send(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    """Only the session token request failed: no event left, nothing to suspect."""
+    path = tmp_path / "o.sqlite3"
+    fake_stripe.fail_next(1, status=500, path_prefix="/v2/billing/meter_event_session")
+    meter = make_meter(outbox_path=path, retry_base_delay=0.05)
+    meter.record(_usage("req_session"))
+    assert meter.flush(10)
+    rows = _rows(path)
+    assert [(r[1], r[2], r[3]) for r in rows] == [("delivered", 1, None)] * 2
 
 
 def test_a_request_cancelled_at_close_leaves_its_rows_unconfirmed(

@@ -62,8 +62,10 @@ def check_api_key(api_key: str) -> None:
 
 
 MIN_RETAIN_DELIVERED = 86_400
-"""A day: Stripe dedups identifiers for 24 h, and `stripe-token-meter cancel` works within
-24 h of delivery; delivered rows kept less long than that would let a replay bill twice."""
+"""A day: `stripe-token-meter cancel` needs the row for the 24 h Stripe allows, and a row
+pruned sooner would let a replay bill twice even within Stripe's own 24 h duplicate check.
+Past the retention a re-recorded identifier is sent again whatever its age, so anything
+shorter than the 35-day default narrows the replay protection to that window."""
 
 
 def check_retain_delivered(value: object) -> float:
@@ -76,9 +78,10 @@ def check_retain_delivered(value: object) -> float:
     ):
         raise ConfigurationError(
             f"retain_delivered: must be a number of seconds >= {MIN_RETAIN_DELIVERED} (one day), "
-            f"got {value!r:.40}; shorter would let a replayed event bill twice (Stripe dedups "
-            "identifiers for 24 h) and defeat `stripe-token-meter cancel`. Keep the default "
-            "(35 * 86400) or pass math.inf to keep delivered rows forever"
+            f"got {value!r:.40}; shorter would let a replayed event bill twice even within "
+            "Stripe's 24 h duplicate check and defeat `stripe-token-meter cancel`. Keep the "
+            "default (35 * 86400: every timestamp Stripe accepts) or pass math.inf to keep "
+            "delivered rows forever"
         )
     return float(value)
 

@@ -7,7 +7,6 @@ identifier dedup plus our own UNIQUE identifier make a second send harmless.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -69,32 +68,20 @@ CREATE TABLE IF NOT EXISTS adjustments (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_UNCONFIRMED_INDEX: Final = (
-    "CREATE INDEX IF NOT EXISTS events_unconfirmed ON events (unconfirmed)"
-    " WHERE unconfirmed IS NOT NULL"
-)
-"""Run after `_SCHEMA`: a file made before the `unconfirmed` column gets it first."""
-
 UNCONFIRMED_CODE: Final = "unconfirmed_past_dedup_window"
 UNCONFIRMED_LIMIT: Final = 23 * 3600.0
 """A row first sent without a confirmed outcome longer ago than this is not sent again:
 Stripe's duplicate check on identifiers lasts 24 hours (`retry.DEDUP_WINDOW`), and the
 hour kept in hand covers a request's own duration and clock steps."""
 _EXPIRE_SQL: Final = (
-    "UPDATE events INDEXED BY events_unconfirmed SET status='dead', lease_owner=NULL,"
-    " lease_until=0, error_code=?,"
+    "UPDATE events SET status='dead', lease_owner=NULL, lease_until=0, error_code=?,"
     " error_message='sent at ' || strftime('%Y-%m-%dT%H:%M:%SZ', unconfirmed, 'unixepoch')"
     " || ' without a confirmed answer (last error: ' || COALESCE(error_code, 'none')"
     " || '), and Stripe refuses a repeated identifier for 24 hours only: sending it again now"
     " could bill it twice. Check this customer''s usage for that time in Stripe; if it is"
     " missing there, `stripe-token-meter replay --code " + UNCONFIRMED_CODE + "` sends it'"
-    " WHERE unconfirmed IS NOT NULL AND unconfirmed<? AND status='pending'"
 )
-"""`INDEXED BY`: SQLite would otherwise walk every pending row (`events_due`) on each claim."""
-_ANY_EXPIRED_SQL: Final = (
-    "SELECT EXISTS(SELECT 1 FROM events INDEXED BY events_unconfirmed"
-    " WHERE unconfirmed IS NOT NULL AND unconfirmed<? AND status='pending')"
-)
+"""Dead-letters claimed rows by id (`... WHERE id IN (...)` is appended)."""
 
 
 WAL_CHECKPOINT_PAGES: Final = 10_000
@@ -193,6 +180,7 @@ class Outbox:
             path = default_outbox_path()
         self.path = str(path)
         self._lock = threading.Lock()
+        self._expired = 0  # see take_expired()
         if readonly:
             # Reports must not create or change the file (nor need write permission).
             uri = Path(self.path).resolve().as_uri() + "?mode=ro"
@@ -221,9 +209,11 @@ class Outbox:
             self._conn.executescript(_SCHEMA)
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(events)")}
             if "unconfirmed" not in columns:  # a file from before this column
-                with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                try:
                     self._conn.execute("ALTER TABLE events ADD COLUMN unconfirmed REAL")
-            self._conn.execute(_UNCONFIRMED_INDEX)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # not another process's doing
+                        raise
 
     def _rollback(self) -> None:
         """Roll back if a transaction is still open: SQLite already rolled back on some
@@ -334,28 +324,43 @@ class Outbox:
         Ordered by the `events_due` index (status, next_attempt, id): ordering by id alone
         made SQLite sort the whole backlog on every claim (2,400 events/s drained from a
         1,000,000-event backlog, against 28,000 with the index order).
+
+        A row whose lease ran out without being handed back (its holder died or stalled
+        mid-request) may be at Stripe: it is stamped `unconfirmed` as of that lease's end.
+        Rows unconfirmed for `UNCONFIRMED_LIMIT` are dead-lettered here instead of being
+        returned (`take_expired()` says how many).
         """
         now = time.time()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                # A row still naming an owner was never handed back: its lease ran out
-                # (the holder died or stalled), so its request may have reached Stripe.
                 cur = self._conn.execute(
                     "UPDATE events SET lease_owner=?, lease_until=?, unconfirmed=CASE WHEN"
-                    " lease_owner IS NULL THEN unconfirmed ELSE COALESCE(unconfirmed, ?) END"
+                    " lease_owner IS NULL THEN unconfirmed"
+                    " ELSE COALESCE(unconfirmed, MIN(lease_until, ?)) END"
                     " WHERE id IN ("
                     " SELECT id FROM events WHERE status='pending' AND next_attempt<=?"
                     " AND lease_until<=? ORDER BY next_attempt, id LIMIT ?)"
                     " RETURNING id, identifier, event_name, customer_id, model, token_type,"
-                    " value, timestamp, payload, attempts",
+                    " value, timestamp, payload, attempts, unconfirmed",
                     (owner, now + lease_seconds, now, now, now, limit),
                 )
                 fetched = cur.fetchall()
+                cutoff = now - UNCONFIRMED_LIMIT
+                stale = [r[0] for r in fetched if r[10] is not None and r[10] < cutoff]
+                for lo in range(0, len(stale), _IN_CHUNK):
+                    chunk = stale[lo : lo + _IN_CHUNK]
+                    self._conn.execute(
+                        f"{_EXPIRE_SQL} WHERE id IN ({','.join('?' * len(chunk))})",
+                        (UNCONFIRMED_CODE, *chunk),
+                    )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
+            self._expired += len(stale)
+        if stale:
+            fetched = [r for r in fetched if r[10] is None or r[10] >= cutoff]
         fetched.sort(key=lambda r: r[0])
         return [
             Row(
@@ -374,6 +379,12 @@ class Outbox:
             )
             for r in fetched
         ]
+
+    def take_expired(self) -> int:
+        """Rows `claim()` dead-lettered as unconfirmed past the window since the last call."""
+        with self._lock:
+            n, self._expired = self._expired, 0
+        return n
 
     def reclaim_from_dead_processes(self, host: str) -> int:
         """Free rows leased by processes of this host that no longer exist (killed workers)."""
@@ -408,18 +419,22 @@ class Outbox:
                 self._rollback()
                 raise
 
-    def _update_ids(self, sql: str, params: tuple[Any, ...], ids: Sequence[int]) -> None:
+    def _update_ids(
+        self, sql: str, params: tuple[Any, ...], ids: Sequence[int], *, pending_only: bool = False
+    ) -> None:
         """`sql ... WHERE id IN (ids)` in one transaction: one statement per 500 rows
-        rather than one per row (3.8 -> 2.4 us per delivered event)."""
+        rather than one per row (3.8 -> 2.4 us per delivered event). `pending_only`: rows
+        meanwhile dead-lettered or withdrawn elsewhere keep their status and reason."""
         if not ids:
             return
+        where = "WHERE status='pending' AND id IN" if pending_only else "WHERE id IN"
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for lo in range(0, len(ids), _IN_CHUNK):
                     chunk = ids[lo : lo + _IN_CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    self._conn.execute(f"{sql} WHERE id IN ({marks})", (*params, *chunk))
+                    self._conn.execute(f"{sql} {where} ({marks})", (*params, *chunk))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -445,18 +460,8 @@ class Outbox:
             + (", unconfirmed=COALESCE(unconfirmed, ?)" if maybe_sent else ""),
             (now + delay, code, message[:500], *((now,) if maybe_sent else ())),
             ids,
+            pending_only=True,
         )
-
-    def expire_unconfirmed(self, older_than: float) -> int:
-        """Dead-letter pending rows first sent without a confirmed outcome before
-        `older_than` (Unix seconds): Stripe no longer remembers their identifiers, so a
-        resend could bill twice. Kept with the reason and how to send them anyway."""
-        with self._lock:
-            # A read first: it runs before every claim, and a write statement would take
-            # the file's write lock each time, which processes sharing the outbox contend for.
-            if not self._conn.execute(_ANY_EXPIRED_SQL, (older_than,)).fetchone()[0]:
-                return 0
-            return self._conn.execute(_EXPIRE_SQL, (UNCONFIRMED_CODE, older_than)).rowcount
 
     def release(self, ids: Sequence[int], delay: float = 0.0, *, maybe_sent: bool = False) -> None:
         """Give rows back without counting an attempt (pause, shutdown). `maybe_sent`: their
@@ -467,6 +472,7 @@ class Outbox:
             + (", unconfirmed=COALESCE(unconfirmed, ?)" if maybe_sent else ""),
             (now + delay, *((now,) if maybe_sent else ())),
             ids,
+            pending_only=True,
         )
 
     def mark_dead(self, items: Sequence[tuple[int, str, str]]) -> None:
@@ -478,15 +484,19 @@ class Outbox:
         )
 
     def requeue_dead(self, code: str | None = None) -> int:
-        """Dead letters back to pending (after their cause is fixed); identifiers unchanged."""
+        """Dead letters back to pending (after their cause is fixed); identifiers unchanged.
+        `unconfirmed_past_dedup_window` ones only when `code` names them: they may be at
+        Stripe already, past its duplicate check."""
         with self._lock:
             # Replaying is the operator's decision to send: the unconfirmed clock restarts.
             requeue = (
                 "UPDATE events SET status='pending', next_attempt=0, lease_until=0,"
                 " unconfirmed=NULL WHERE status='dead'"
             )
-            if code is None:
-                cur = self._conn.execute(requeue)
+            if code is None:  # events that may be at Stripe only when asked for by name
+                cur = self._conn.execute(
+                    requeue + " AND COALESCE(error_code, '')!=?", (UNCONFIRMED_CODE,)
+                )
             else:
                 cur = self._conn.execute(requeue + " AND error_code=?", (code,))
             return cur.rowcount
@@ -495,7 +505,6 @@ class Outbox:
         """Cancel an event Stripe does not have, here only: a pending, dead or local row
         goes to `cancelled` and is never sent. Returns why not if it cannot be: its request
         may be out now (leased), or an earlier send may have reached Stripe (unconfirmed)."""
-        now = time.time()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -509,8 +518,11 @@ class Outbox:
                     why = "no such event in the outbox"
                 elif row[0] not in (PENDING, DEAD, LOCAL):
                     why = f"the event is {row[0]}"
-                elif row[1] is not None and row[2] > now:
-                    why = "its request may be out right now (leased): try again once it is sent"
+                elif row[1] is not None:
+                    why = (
+                        "it is leased to a sender, so its request may be out or may have "
+                        "reached Stripe: try again once it is delivered or handed back"
+                    )
                 elif row[3] is not None:
                     why = (
                         "an earlier send of it may have reached Stripe (no confirmed answer): "

@@ -8,6 +8,7 @@ without a key, events are written to the outbox already marked `local`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import socket
 import ssl
@@ -149,12 +150,16 @@ class V2StreamTransport:
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
         renew = False
         for _ in range(3):
+            posting = False
             try:
                 token = await self._session_token(renew)
+                posting = True
                 await self._post(rows, token)
                 return [_DELIVERED] * len(rows)
             except Exception as exc:  # classified below; nothing escapes the worker
                 outcome = classify(exc)
+                if not posting and outcome.maybe_sent:  # only the session failed: no events went
+                    outcome = dataclasses.replace(outcome, maybe_sent=False)
             if outcome.verdict is not Verdict.RENEW_SESSION:
                 break
             renew = True

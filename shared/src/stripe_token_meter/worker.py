@@ -294,8 +294,8 @@ class Worker:
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
         try:
-            self._expire_unconfirmed()
             rows = self._outbox.claim(self.owner, size * free, self._lease)
+            self._note_expired(self._outbox.take_expired())
         except Exception:
             for batch in reversed(batches):  # not handed out: keep them for the next turn
                 self._ready.extendleft(reversed(batch))
@@ -305,10 +305,9 @@ class Worker:
         batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
         return batches
 
-    def _expire_unconfirmed(self) -> None:
-        """Before claiming: rows whose first unanswered send is nearly 24 h old are not
-        sent again (Stripe would no longer catch the duplicate), but dead-lettered."""
-        n = self._outbox.expire_unconfirmed(time.time() - UNCONFIRMED_LIMIT)
+    def _note_expired(self, n: int) -> None:
+        """Rows the claim found unconfirmed for nearly 24 h were dead-lettered, not sent
+        again (Stripe would no longer catch the duplicate): say so."""
         if n:
             message = (
                 f"{n} events were first sent more than {UNCONFIRMED_LIMIT / 3600:.0f} h ago "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..outbox import UNCONFIRMED_CODE
 from ._config import load_config
 from ._delivery import deliver
 from ._errors import EXIT_FAILED, EXIT_OK
@@ -23,7 +24,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
         help="re-queue dead letters (optionally one error code) and deliver them",
         description="Put dead-lettered events back to pending and deliver them with their "
-        "original identifiers (Stripe de-duplicates them, so nothing is billed twice).",
+        "original identifiers (Stripe de-duplicates them for 24 hours, so nothing is billed "
+        f"twice). {UNCONFIRMED_CODE} events, which may be at Stripe past that window, are "
+        "replayed only when named with --code.",
     )
     p.add_argument("--code", metavar="CODE", help="only dead letters with this error code")
     p.add_argument(
@@ -37,8 +40,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     cfg.require_key("replay")
     outbox = open_outbox(cfg)
-    where = "status='dead'" + (" AND error_code=?" if args.code else "")
-    params = [args.code] if args.code else []
+    where = "status='dead'" + (" AND error_code=?" if args.code else " AND error_code IS NOT ?")
+    # Without --code, events that may already be at Stripe past its duplicate check stay.
+    params = [args.code] if args.code else [UNCONFIRMED_CODE]
+    held = (
+        0
+        if args.code
+        else outbox.query(
+            "SELECT COUNT(*) FROM events WHERE status='dead' AND error_code=?", [UNCONFIRMED_CODE]
+        )[0][0]
+    )
     ids = [int(r[0]) for r in outbox.query(f"SELECT id FROM events WHERE {where}", params)]
     if not ids:
         codes = [
@@ -47,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
                 "SELECT DISTINCT error_code FROM events WHERE status='dead' ORDER BY 1"
             )
         ]
-        message = "no dead letters" + (f" with code {args.code}" if args.code else "")
+        message = "no dead letters" + (
+            f" with code {args.code}" if args.code else " to replay without --code"
+        )
         if codes:
             message += f" (codes present: {', '.join(codes)})"
         if args.json:
@@ -77,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "dead": states.get("dead", 0),
         "pending": states.get("pending", 0),
         "dead_again_by_code": {str(c): int(n) for c, n in again},
+        "held_back": held,
         "last_error": result.last_error,
     }
     if args.json:
@@ -91,5 +105,10 @@ def run(args: argparse.Namespace) -> int:
             line += "; see `stripe-token-meter status` for the fix)"
         if result.last_error and summary["pending"]:
             line += f"; {result.last_error}"
+        if held:
+            line += (
+                f". {held:,} {UNCONFIRMED_CODE} event(s) held back: they may be at Stripe "
+                f"already; check, then `replay --code {UNCONFIRMED_CODE}` or `resolve`"
+            )
         out().print(line, soft_wrap=True)
     return EXIT_OK if summary["dead"] == 0 and summary["pending"] == 0 else EXIT_FAILED
