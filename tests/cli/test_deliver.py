@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 from cli_testkit import Cli, Seeded, dead_port
-from stripe_token_meter.events import MeterEvent
 from stripe_token_meter.outbox import UNCONFIRMED_CODE, Outbox
-
-
-def _event(request_id: str) -> MeterEvent:
-    return MeterEvent(
-        identifier=f"{request_id}:input:token-billing-tokens",
-        event_name="token-billing-tokens",
-        timestamp=int(time.time()),
-        customer_id="cus_known",
-        model="openai/gpt-4o",
-        token_type="input",
-        value=9,
-        payload={
-            "stripe_customer_id": "cus_known",
-            "value": "9",
-            "model": "openai/gpt-4o",
-            "token_type": "input",
-        },
-    )
+from support.events import stored_event
 
 
 def _statuses(cli: Cli, seeded: Seeded) -> dict[str, int]:
@@ -94,7 +75,7 @@ def test_replay_after_fixing_the_cause_delivers_once(cli: Cli, seeded: Seeded) -
 
 def test_replay_holds_back_unconfirmed_events_unless_named(cli: Cli, seeded: Seeded) -> None:
     outbox = Outbox(seeded.path)
-    [row] = outbox.add_leased([_event("late1")], "me", 30.0)
+    [row] = outbox.add_leased([stored_event("late1")], "me", 30.0)
     outbox.mark_dead([(row.id, UNCONFIRMED_CODE, "sent 2 days ago without an answer")])
     outbox.close()
     r = cli("replay", "--json", "--timeout", "20", *seeded.flags())
@@ -168,7 +149,7 @@ def test_cancel_withdraws_what_stripe_never_had_unless_a_send_may_be_there(
     cli: Cli, seeded: Seeded
 ) -> None:
     outbox = Outbox(seeded.path)
-    fresh = [_event("new1"), _event("out1"), _event("unsure1")]
+    fresh = [stored_event("new1"), stored_event("out1"), stored_event("unsure1")]
     outbox.add(fresh[:1])
     outbox.add_leased(fresh[1:2], "otherhost:1:abc", 300.0)  # a request may be out now
     [unsure] = outbox.add_leased(fresh[2:], "me", 30.0)

@@ -19,6 +19,7 @@ import stripe_token_meter.worker as worker_module
 from stripe_token_meter import ConfigurationError, TokenMeter, Usage
 from stripe_token_meter.events import MeterEvent
 from stripe_token_meter.outbox import _PRUNE_SQL, _SCHEMA, LOCAL, PENDING, Outbox
+from support.events import stored_event
 
 MeterFactory = Callable[..., TokenMeter]
 DAY = 86_400.0
@@ -29,16 +30,7 @@ INDEX_LINE = (
 
 
 def _event(name: str) -> MeterEvent:
-    return MeterEvent(
-        identifier=f"{name}:input:m",
-        event_name="m",
-        timestamp=int(time.time()),
-        customer_id="cus_a",
-        model="openai/gpt-4o",
-        token_type="input",
-        value=1,
-        payload={"stripe_customer_id": "cus_a", "value": "1"},
-    )
+    return stored_event(name, event_name="m", customer="cus_a")
 
 
 def _age(path: Path | str, names: list[str], seconds_ago: float) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from stripe_token_meter import TokenMeter, Usage
-from stripe_token_meter.events import MeterEvent
 from stripe_token_meter.outbox import (
     _SCHEMA,
     UNCONFIRMED_CODE,
     UNCONFIRMED_LIMIT,
     Outbox,
 )
+from support.events import stored_event
 
 MeterFactory = Callable[..., TokenMeter]
 CUS = "cus_unconfirmed"
@@ -255,19 +255,7 @@ def test_a_request_cancelled_at_close_leaves_its_rows_unconfirmed(
 
 
 def _leased(outbox: Outbox, owner: str, n: int, lease: float) -> list[int]:
-    events = [
-        MeterEvent(
-            identifier=f"{owner}-{i}",
-            event_name="e",
-            timestamp=1,
-            customer_id="cus_1",
-            model="m",
-            token_type="input",
-            value=1,
-            payload={},
-        )
-        for i in range(n)
-    ]
+    events = [stored_event(f"{owner}-{i}", timestamp=1) for i in range(n)]
     return [r.id for r in outbox.add_leased(events, owner, lease)]
 
 
