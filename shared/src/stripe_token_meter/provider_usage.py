@@ -179,21 +179,18 @@ def _input_output(get: Callable[[str], Any], inp: Any, output: Any) -> UsageRepo
         _put(out, "reasoning_tokens", field(output_details, "reasoning_tokens"))
         return "openai", out
     # Anthropic Messages: input_tokens exclude cache reads and cache writes.
-    _put(out, "input_tokens", inp)
-    _put(out, "output_tokens", output)
-    _put(out, "cache_read_input_tokens", get("cache_read_input_tokens"))
-    _put(out, "cache_creation_input_tokens", get("cache_creation_input_tokens"))
-    return "anthropic", out
+    return _exclusive(
+        get("cache_read_input_tokens"), get("cache_creation_input_tokens"), inp, output
+    )
 
 
-def _bedrock(get: Callable[[str], Any], inp: Any, output: Any) -> UsageReport:
-    # Bedrock Converse (`converse`'s `usage`, `converse_stream`'s `metadata.usage`):
-    # inputTokens exclude cache reads and writes, as Anthropic's input_tokens do.
+def _exclusive(cache_read: Any, cache_write: Any, inp: Any, output: Any) -> UsageReport:
+    """Input counts that exclude cache reads and writes (Anthropic, Bedrock Converse)."""
     out: dict[str, Any] = {}
     _put(out, "input_tokens", inp)
     _put(out, "output_tokens", output)
-    _put(out, "cache_read_input_tokens", get("cacheReadInputTokens"))
-    _put(out, "cache_creation_input_tokens", get("cacheWriteInputTokens"))
+    _put(out, "cache_read_input_tokens", cache_read)
+    _put(out, "cache_creation_input_tokens", cache_write)
     return "anthropic", out
 
 
@@ -233,5 +230,6 @@ def read_usage(usage: Any) -> UsageReport | None:
         return _input_output(get, a, b)
     a, b = get("inputTokens"), get("outputTokens")
     if a is not None or b is not None:
-        return _bedrock(get, a, b)
+        # Bedrock Converse (`converse`'s `usage`, `converse_stream`'s `metadata.usage`).
+        return _exclusive(get("cacheReadInputTokens"), get("cacheWriteInputTokens"), a, b)
     return None
