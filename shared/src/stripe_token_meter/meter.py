@@ -95,9 +95,10 @@ class TokenMeter:
     `retain_delivered` (seconds, default 35 days, at least one day, `math.inf` for ever):
     how long delivered rows stay in the outbox before the worker deletes them, so the file
     and its unique identifier index stop growing. 35 days because Stripe accepts meter
-    event timestamps up to 35 days old: a replay of any event Stripe would still accept is
-    still caught by the outbox's unique identifier, and older rows cannot be billed again
-    anyway. Pending, dead-lettered, cancelled and local-ledger rows are never deleted.
+    event timestamps up to 35 days old: a replay carrying an event's own timestamp is
+    caught by the outbox's unique identifier for as long as Stripe would take it (a request
+    id recorded again later, with a new timestamp, is a new event). Pending, dead-lettered,
+    cancelled and local-ledger rows are never deleted.
     """
 
     def __init__(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .events import MeterEvent
+from .retry import DEDUP_WINDOW
 
 PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
@@ -69,10 +70,12 @@ CREATE TABLE IF NOT EXISTS adjustments (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 UNCONFIRMED_CODE: Final = "unconfirmed_past_dedup_window"
-UNCONFIRMED_LIMIT: Final = 23 * 3600.0
+UNCONFIRMED_LIMIT: Final = DEDUP_WINDOW - 3600.0
 """A row first sent without a confirmed outcome longer ago than this is not sent again:
 Stripe's duplicate check on identifiers lasts 24 hours (`retry.DEDUP_WINDOW`), and the
 hour kept in hand covers a request's own duration and clock steps."""
+_STAMP: Final = "unconfirmed=COALESCE(unconfirmed, ?)"
+"""The first time a row may have reached Stripe is kept; a NULL parameter keeps it as is."""
 _EXPIRE_SQL: Final = (
     "UPDATE events SET status='dead', lease_owner=NULL, lease_until=0, error_code=?,"
     " error_message='sent at ' || strftime('%Y-%m-%dT%H:%M:%SZ', unconfirmed, 'unixepoch')"
@@ -168,6 +171,14 @@ class Row:
     id: int
     event: MeterEvent
     attempts: int
+
+
+def _replayable(code: str | None) -> tuple[str, tuple[str, ...]]:
+    """Dead letters with `code`; without one, all but those that may be at Stripe already
+    past its duplicate check (`UNCONFIRMED_CODE`), which are replayed only by name."""
+    if code is None:
+        return "status='dead' AND error_code IS NOT ?", (UNCONFIRMED_CODE,)
+    return "status='dead' AND error_code=?", (code,)
 
 
 class Outbox:
@@ -401,8 +412,8 @@ class Outbox:
         dead = [o for o in owners if _owner_is_dead(o, host)]
         # A killed process may have had their requests out: Stripe may have them.
         self._update_many(
-            "UPDATE events SET lease_owner=NULL, lease_until=0,"
-            " unconfirmed=COALESCE(unconfirmed, ?) WHERE status='pending' AND lease_owner=?",
+            "UPDATE events SET lease_owner=NULL, lease_until=0, " + _STAMP + " WHERE"
+            " status='pending' AND lease_owner=?",
             [(now, o) for o in dead],
         )
         return len(dead)
@@ -456,9 +467,8 @@ class Outbox:
         now = time.time()
         self._update_ids(
             "UPDATE events SET attempts=attempts+1, next_attempt=?, lease_owner=NULL,"
-            " lease_until=0, error_code=?, error_message=?"
-            + (", unconfirmed=COALESCE(unconfirmed, ?)" if maybe_sent else ""),
-            (now + delay, code, message[:500], *((now,) if maybe_sent else ())),
+            " lease_until=0, error_code=?, error_message=?, " + _STAMP,
+            (now + delay, code, message[:500], now if maybe_sent else None),
             ids,
             pending_only=True,
         )
@@ -468,9 +478,8 @@ class Outbox:
         request was cancelled while out, so Stripe may have them (see `mark_retry`)."""
         now = time.time()
         self._update_ids(
-            "UPDATE events SET lease_owner=NULL, lease_until=0, next_attempt=?"
-            + (", unconfirmed=COALESCE(unconfirmed, ?)" if maybe_sent else ""),
-            (now + delay, *((now,) if maybe_sent else ())),
+            "UPDATE events SET lease_owner=NULL, lease_until=0, next_attempt=?, " + _STAMP,
+            (now + delay, now if maybe_sent else None),
             ids,
             pending_only=True,
         )
@@ -487,19 +496,19 @@ class Outbox:
         """Dead letters back to pending (after their cause is fixed); identifiers unchanged.
         `unconfirmed_past_dedup_window` ones only when `code` names them: they may be at
         Stripe already, past its duplicate check."""
+        where, params = _replayable(code)
         with self._lock:
             # Replaying is the operator's decision to send: the unconfirmed clock restarts.
-            requeue = (
+            return self._conn.execute(
                 "UPDATE events SET status='pending', next_attempt=0, lease_until=0,"
-                " unconfirmed=NULL WHERE status='dead'"
-            )
-            if code is None:  # events that may be at Stripe only when asked for by name
-                cur = self._conn.execute(
-                    requeue + " AND COALESCE(error_code, '')!=?", (UNCONFIRMED_CODE,)
-                )
-            else:
-                cur = self._conn.execute(requeue + " AND error_code=?", (code,))
-            return cur.rowcount
+                " unconfirmed=NULL WHERE " + where,
+                params,
+            ).rowcount
+
+    def replayable_ids(self, code: str | None = None) -> list[int]:
+        """The dead letters `requeue_dead(code)` would put back."""
+        where, params = _replayable(code)
+        return [int(r[0]) for r in self.query("SELECT id FROM events WHERE " + where, params)]
 
     def withdraw(self, identifier: str) -> str | None:
         """Cancel an event Stripe does not have, here only: a pending, dead or local row

@@ -42,7 +42,7 @@ class Outcome:
 
 DEDUP_WINDOW: Final = 24 * 3600.0
 """Stripe rejects a repeated meter event identifier for at least 24 hours; after that a
-resend of an event it did record would be billed again."""
+resend of an event it did record would be billed again (`outbox.UNCONFIRMED_LIMIT`)."""
 
 
 def _never_connected(err: BaseException | None) -> bool:

@@ -40,17 +40,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     cfg.require_key("replay")
     outbox = open_outbox(cfg)
-    where = "status='dead'" + (" AND error_code=?" if args.code else " AND error_code IS NOT ?")
+    ids = outbox.replayable_ids(args.code)
     # Without --code, events that may already be at Stripe past its duplicate check stay.
-    params = [args.code] if args.code else [UNCONFIRMED_CODE]
-    held = (
-        0
-        if args.code
-        else outbox.query(
-            "SELECT COUNT(*) FROM events WHERE status='dead' AND error_code=?", [UNCONFIRMED_CODE]
-        )[0][0]
-    )
-    ids = [int(r[0]) for r in outbox.query(f"SELECT id FROM events WHERE {where}", params)]
+    held = 0 if args.code else len(outbox.replayable_ids(UNCONFIRMED_CODE))
     if not ids:
         codes = [
             str(r[0])
