@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("stripe_token_meter")
 
 Counts = Literal["disjoint", "openai", "anthropic"]
+Reader = Callable[..., "dict[str, Any] | None"]
+"""`record_later`'s `read`: callback arguments -> `record()` keyword arguments, or None."""
 _Item = tuple[Any, ...]
+"""Queued: `record()`'s 6-tuple, `record_later()`'s 5-tuple, or strict mode's (events,)."""
 
 _CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
     "disjoint": Usage,
@@ -269,16 +272,42 @@ class TokenMeter:
             item: _Item = (usage, counts, fields, _scope.get(), fallback_customer_id, time.time())
             if self.strict:
                 item = (self._prepare(item),)
-            if self._write_sync or self.closed or self._queue.qsize() >= self._max_queue:
-                self._write_through(item)
-            else:
-                self._queue.put(item)
-            if self._worker is None and not self.closed:
-                self._start_worker()
+            self._enqueue(item)
         except Exception:
             if self.strict:
                 raise
             log.exception("stripe-token-meter: record() failed; the call is kept if possible")
+
+    def record_later(self, source: str, read: Reader, /, *args: Any) -> None:
+        """For adapters: `record(**read(*args))`, with `read` run on the worker thread.
+
+        `read` turns what a framework callback handed over into `record()`'s keyword
+        arguments (`counts`, `fallback_customer_id` and the fields), or None when there is
+        nothing to bill; it may call `report_missing_usage`. So reading and converting a
+        response costs the caller one queue hand-off. The customer scope and the time are
+        taken now, as `record()` takes them. Pass only objects the framework does not change
+        after the callback (e.g. a response's usage dict, not a response object that a
+        cache later rewrites). If `read` raises, the call counts in
+        `stats()["adapter_errors"]` under `source`. A strict meter runs `read` at once, on
+        the caller, so its errors reach the adapter.
+        """
+        if self.strict:
+            kwargs = read(*args)
+            if kwargs is not None:
+                self.record(**kwargs)
+            return
+        try:
+            self._enqueue((source, read, args, _scope.get(), time.time()))
+        except Exception:
+            log.exception("stripe-token-meter: record_later() failed")
+
+    def _enqueue(self, item: _Item) -> None:
+        if self._write_sync or self.closed or self._queue.qsize() >= self._max_queue:
+            self._write_through(item)
+        else:
+            self._queue.put(item)
+        if self._worker is None and not self.closed:
+            self._start_worker()
 
     # -- worker-side work ------------------------------------------------------------------
 
@@ -349,10 +378,16 @@ class TokenMeter:
             )
         return events
 
-    def _events_or_reject(self, item: _Item) -> list[MeterEvent]:
+    def _events_or_reject(self, item: _Item) -> list[MeterEvent] | None:
+        """A queued item's events ([] if dead-lettered); None if it was not a record."""
         if len(item) == 1:  # strict mode: prepared on the caller
             events: list[MeterEvent] = item[0]
             return events
+        if len(item) == 5:  # from record_later(): read it first
+            read_item = self._read_later(item)
+            if read_item is None:
+                return None
+            item = read_item
         try:
             return self._prepare(item)
         except InvalidUsage as exc:
@@ -360,6 +395,21 @@ class TokenMeter:
         except Exception as exc:  # e.g. a user normaliser that raised: keep the record
             self._reject(InvalidUsage("record", f"{type(exc).__name__}: {exc}"), item)
         return []
+
+    def _read_later(self, item: _Item) -> _Item | None:
+        """A `record_later()` item -> a `record()` item, or None if `read` gave nothing."""
+        source, read, args, scoped, recorded_at = item
+        try:
+            kwargs = read(*args)
+        except Exception as exc:
+            self.report_adapter_error(source, exc)
+            return None
+        if kwargs is None:
+            return None
+        fields = dict(kwargs)
+        counts = fields.pop("counts", "disjoint")
+        fallback = fields.pop("fallback_customer_id", None)
+        return (None, counts, fields, scoped, fallback, recorded_at)
 
     def _reject(self, exc: InvalidUsage, item: _Item) -> None:
         usage, counts, fields, scoped, fallback, recorded_at = item
@@ -420,10 +470,14 @@ class TokenMeter:
                 self._in_drain = len(taken)
                 if taken:
                     events: list[MeterEvent] = []
+                    recorded = 0
                     for item in taken:
-                        events.extend(self._events_or_reject(item))
+                        got = self._events_or_reject(item)
+                        if got is not None:
+                            events.extend(got)
+                            recorded += 1
                     rows = self._store(events, lease_owner)
-                    self._count("recorded", len(taken))
+                    self._count("recorded", recorded)
             except BaseException:
                 self._carry = taken  # nothing taken off the queue is lost
                 raise
@@ -434,11 +488,14 @@ class TokenMeter:
     def _write_through(self, item: _Item) -> None:
         """`durable="sync"`, after close() or past the queue bound: straight to the outbox."""
         try:
-            self._store(self._events_or_reject(item))
+            events = self._events_or_reject(item)
+            if events is not None:
+                self._store(events)
         except Exception:
             self._queue.put(item)  # kept in memory: the next drain stores it
             raise
-        self._count("recorded")
+        if events is not None:
+            self._count("recorded")
         if self._worker is not None:
             self._worker.wake.set()
 

@@ -1,0 +1,124 @@
+"""`record_later()`: adapters hand over what a callback got; reading it runs on the worker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from stripe_token_meter import InvalidTokenCount, TokenMeter
+
+MeterFactory = Callable[..., TokenMeter]
+
+
+def _rows(meter: TokenMeter) -> list[tuple[Any, ...]]:
+    return meter._outbox.query(
+        "SELECT customer_id, model, token_type, value, identifier FROM events ORDER BY id"
+    )
+
+
+def _reader(threads: list[str]) -> Callable[..., dict[str, Any] | None]:
+    def read(usage: dict[str, int] | None, request_id: str) -> dict[str, Any] | None:
+        threads.append(threading.current_thread().name)
+        if usage is None:
+            return None
+        return {
+            "counts": "openai",
+            "model": "gpt-4o",
+            "request_id": request_id,
+            "fallback_customer_id": "cus_fallback",
+            "prompt_tokens": usage["in"],
+            "completion_tokens": usage["out"],
+        }
+
+    return read
+
+
+def test_read_runs_on_the_worker_with_the_callers_scope(local_meter: MeterFactory) -> None:
+    meter = local_meter()
+    threads: list[str] = []
+    read = _reader(threads)
+    with meter.customer("cus_scoped"):
+        meter.record_later("test", read, {"in": 12, "out": 3}, "r1")
+    meter.record_later("test", read, {"in": 5, "out": 1}, "r2")  # no scope: the fallback
+    meter.record_later("test", read, None, "r3")  # nothing to bill
+    assert meter.flush(5)
+    assert threads and threading.current_thread().name not in threads
+    assert [r[:4] for r in _rows(meter)] == [
+        ("cus_scoped", "gpt-4o", "input", 12),
+        ("cus_scoped", "gpt-4o", "output", 3),
+        ("cus_fallback", "gpt-4o", "input", 5),
+        ("cus_fallback", "gpt-4o", "output", 1),
+    ]
+    stats = meter.stats()
+    assert (stats["recorded"], stats["events"], stats["adapter_errors"]) == (2, 4, 0)
+
+
+def test_same_identifiers_as_record(local_meter: MeterFactory) -> None:
+    later, now = local_meter(), local_meter()
+    later.record_later("test", _reader([]), {"in": 7, "out": 2}, "same-run")
+    now.record(
+        counts="openai",
+        model="gpt-4o",
+        request_id="same-run",
+        prompt_tokens=7,
+        completion_tokens=2,
+        customer_id="cus_fallback",
+    )
+    assert later.flush(5) and now.flush(5)
+    assert _rows(later) == _rows(now)
+    assert len(_rows(later)) == 2
+
+
+def test_a_failing_read_is_an_adapter_error_not_a_crash(local_meter: MeterFactory) -> None:
+    meter = local_meter(default_customer_id="cus_d")
+
+    def broken(_: object) -> dict[str, Any]:
+        raise KeyError("usage")
+
+    meter.record_later("my-adapter", broken, object())
+    meter.record(model="m", input_tokens=1, output_tokens=1)  # the meter carries on
+    assert meter.flush(5)
+    stats = meter.stats()
+    assert (stats["adapter_errors"], stats["recorded"], stats["events"]) == (1, 1, 2)
+    assert "my-adapter: KeyError" in stats["last_error"]
+
+
+def test_bad_fields_from_read_are_dead_lettered(local_meter: MeterFactory) -> None:
+    meter = local_meter()
+    meter.record_later("test", _reader([]), {"in": -1, "out": 2}, "r1")
+    assert meter.flush(5)
+    assert _rows(meter) == []
+    (code, field, record) = meter._outbox.query("SELECT code, field, record FROM rejected")[0]
+    assert (code, field) == ("invalid_token_count", "prompt_tokens")
+    assert '"request_id": "r1"' in record and '"fallback_customer": "cus_fallback"' in record
+    assert meter.stats()["invalid"] == 1
+
+
+def test_strict_meter_reads_on_the_caller_and_raises(local_meter: MeterFactory) -> None:
+    meter = local_meter(strict=True)
+    threads: list[str] = []
+    with pytest.raises(InvalidTokenCount):
+        meter.record_later("test", _reader(threads), {"in": -1, "out": 2}, "r1")
+    meter.record_later("test", _reader(threads), {"in": 4, "out": 2}, "r2")
+    assert threads == [threading.current_thread().name] * 2
+    assert meter.flush(5)
+    assert [r[:4] for r in _rows(meter)] == [
+        ("cus_fallback", "gpt-4o", "input", 4),
+        ("cus_fallback", "gpt-4o", "output", 2),
+    ]
+
+
+def test_durable_sync_reads_and_stores_before_returning(local_meter: MeterFactory) -> None:
+    meter = local_meter(durable="sync")
+    threads: list[str] = []
+    meter.record_later("test", _reader(threads), {"in": 9, "out": 1}, "r1")
+    meter.record_later("test", _reader(threads), None, "r2")
+    # stored by the time it returns, without a flush
+    assert [r[:4] for r in _rows(meter)] == [
+        ("cus_fallback", "gpt-4o", "input", 9),
+        ("cus_fallback", "gpt-4o", "output", 1),
+    ]
+    assert threads == [threading.current_thread().name] * 2
+    assert meter.stats()["recorded"] == 1
