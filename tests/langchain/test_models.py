@@ -196,6 +196,23 @@ def test_cache_hits_are_not_billed(
     assert meter.stats()["no_usage"] == 0
 
 
+def test_a_cache_hit_right_after_a_call_leaves_that_call_billed(
+    meter: TokenMeter, handler: StripeCallbackHandler, fake_stripe: Any, chat: Any
+) -> None:
+    """On a hit LangChain swaps the cached generation's message for a copy marked as a hit.
+
+    That generation is the first call's own: its usage, read later on the meter's worker,
+    must still be what the provider reported, not the hit's mark.
+    """
+    model = chat(cache=InMemoryCache())
+    with meter._drain_lock:  # the worker reads nothing until both calls have returned
+        model.invoke("same", config=_cfg(handler, "cus_a"))
+        model.invoke("same", config=_cfg(handler, "cus_a"))  # served by LangChain's cache
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _one_call("cus_a")
+    assert meter.stats()["recorded"] == 1
+
+
 # -- plain (completion) LLMs: llm_output usage -------------------------------------------
 
 

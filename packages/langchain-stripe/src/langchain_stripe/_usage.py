@@ -18,7 +18,11 @@ __all__ = [
     "Found",
     "extract_error_usage",
     "extract_usage",
+    "from_usage_metadata",
+    "is_cache_hit",
     "later_batch_member",
+    "model_in",
+    "only_message",
     "response_model",
 ]
 from stripe_token_meter.provider_usage import read_usage
@@ -27,20 +31,21 @@ CACHE_HIT: Final = "cache_hit"
 """Returned instead of usage for a LangChain cache hit: no provider call, nothing to bill."""
 
 
-def _num(value: object) -> Any:
-    """A count as reported, `None` as 0 (the core validates type and range)."""
-    return 0 if value is None else value
-
-
-def _from_usage_metadata(um: Mapping[str, Any]) -> dict[str, Any]:
-    inp = um.get("input_token_details") or {}
-    out = um.get("output_token_details") or {}
+def from_usage_metadata(um: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts as reported, a missing (`None`) one as 0; the core validates type and range."""
+    inp = um.get("input_token_details")
+    out = um.get("output_token_details")
+    prompt = um.get("input_tokens")
+    completion = um.get("output_tokens")
+    read = inp.get("cache_read") if inp else None
+    written = inp.get("cache_creation") if inp else None
+    reasoning = out.get("reasoning") if out else None
     return {
-        "prompt_tokens": _num(um.get("input_tokens")),
-        "completion_tokens": _num(um.get("output_tokens")),
-        "cached_tokens": _num(inp.get("cache_read")),
-        "cache_write_tokens": _num(inp.get("cache_creation")),
-        "reasoning_tokens": _num(out.get("reasoning")),
+        "prompt_tokens": 0 if prompt is None else prompt,
+        "completion_tokens": 0 if completion is None else completion,
+        "cached_tokens": 0 if read is None else read,
+        "cache_write_tokens": 0 if written is None else written,
+        "reasoning_tokens": 0 if reasoning is None else reasoning,
     }
 
 
@@ -48,6 +53,19 @@ def _add(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
     if total is None:
         return part
     return {k: total[k] + part[k] for k in total}
+
+
+def only_message(result: LLMResult) -> Any:
+    """The message of a one-prompt, one-candidate result (nearly every call), else None."""
+    gens = result.generations
+    if len(gens) == 1 and len(gens[0]) == 1:
+        return getattr(gens[0][0], "message", None)
+    return None
+
+
+def is_cache_hit(um: Mapping[str, Any]) -> bool:
+    """LangChain marks usage replayed from its cache with `total_cost: 0`."""
+    return bool(um.get("total_cost", 1) == 0)
 
 
 def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
@@ -62,13 +80,13 @@ def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
         for gen in candidates:
             um = getattr(getattr(gen, "message", None), "usage_metadata", None)
             if um:
-                if "total_cost" in um and um["total_cost"] == 0:
-                    return CACHE_HIT  # LangChain marks replayed cache entries this way
+                if is_cache_hit(um):
+                    return CACHE_HIT
                 usages.append(um)
         if usages and all(u == usages[0] for u in usages[1:]):
             usages = usages[:1]
         for um in usages:
-            total = _add(total, _from_usage_metadata(um))
+            total = _add(total, from_usage_metadata(um))
     return total
 
 
@@ -116,18 +134,25 @@ def extract_error_usage(result: object) -> Found | None:
     return None
 
 
-def response_model(result: LLMResult) -> str | None:
-    """The model the provider says answered: message `response_metadata`, else `llm_output`."""
-    for candidates in result.generations:
-        for gen in candidates:
-            meta = getattr(getattr(gen, "message", None), "response_metadata", None)
-            if meta:
-                name = meta.get("model_name") or meta.get("model")
-                if isinstance(name, str) and name:
-                    return name
-    out = result.llm_output
-    if isinstance(out, Mapping):
-        name = out.get("model_name") or out.get("model")
+def model_in(meta: object) -> str | None:
+    if isinstance(meta, (dict, Mapping)):  # dict first: it skips the ABC check
+        name = meta.get("model_name") or meta.get("model")
         if isinstance(name, str) and name:
             return name
     return None
+
+
+def response_model(result: LLMResult) -> str | None:
+    """The model the provider says answered: message `response_metadata`, else `llm_output`."""
+    only = only_message(result)
+    if only is not None:
+        name = model_in(getattr(only, "response_metadata", None))
+        if name:
+            return name
+    else:
+        for candidates in result.generations:
+            for gen in candidates:
+                name = model_in(getattr(getattr(gen, "message", None), "response_metadata", None))
+                if name:
+                    return name
+    return model_in(result.llm_output)

@@ -1,8 +1,8 @@
 """`StripeCallbackHandler`: one `meter.record()` per LangChain LLM run, keyed by its run_id.
 
-Start handlers note who pays and which model was asked for; end handlers read the usage
-and hand one record to the meter. Both are a few dictionary look-ups: validation, model
-normalisation and delivery happen on the meter's worker thread.
+Start handlers note who pays and which model was asked for; end handlers hand the run's
+usage to the meter. Both are a few dictionary look-ups: reading the usage, validation,
+model normalisation and delivery happen on the meter's worker thread.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from ._usage import (
     Found,
     extract_error_usage,
     extract_usage,
+    from_usage_metadata,
+    is_cache_hit,
     later_batch_member,
+    model_in,
+    only_message,
     response_model,
 )
 
@@ -168,17 +172,35 @@ class StripeCallbackHandler(BaseCallbackHandler):
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._runs.pop(run_id, None)
         try:
+            message = only_message(response)
+            usage = getattr(message, "usage_metadata", None)
+            if usage:
+                # The usual call: one message with usage. Its dicts are read on the meter's
+                # worker, not here. They are taken now: LangChain's cache later *replaces*
+                # this message on the generation (a copy marked as a cache hit) but never
+                # edits these dicts, so the worker reads what this call reported.
+                self.meter.record_later(
+                    SOURCE,
+                    self._read_message,
+                    usage,
+                    getattr(message, "response_metadata", None),
+                    response.llm_output,
+                    run_id,
+                    run,
+                )
+                return
+            # A batch, several candidates (n > 1) or a plain LLM: read here.
             # A plain-LLM batch reports one usage for all its prompts, on its first run.
             later = run is not None and run[4] > 1 and later_batch_member(response)
             found = extract_usage(response, legacy=not later)
-            if found == CACHE_HIT:
+            if found is CACHE_HIT:
                 return  # replayed from LangChain's cache: the provider was not called
             if found is None or isinstance(found, str):
                 if not later:
                     model = response_model(response) or (run[1] if run else None)
                     self.meter.report_missing_usage(f"LangChain {model}", MISSING_USAGE_FIX)
                 return
-            self._record(found, response, run_id, run)
+            self.meter.record(**self._arguments(found, response_model(response), run_id, run))
         except Exception as exc:
             self._failed(exc)
 
@@ -187,28 +209,47 @@ class StripeCallbackHandler(BaseCallbackHandler):
         try:
             # Failed calls are billed only for usage the provider did report (a partial
             # stream's, or one in the error's body): never estimated.
-            found = extract_error_usage(kwargs.get("response"))
+            response = kwargs.get("response")
+            found = extract_error_usage(response)
             if found is not None:
-                self._record(found, kwargs["response"], run_id, run)
+                model = response_model(response) if isinstance(response, LLMResult) else None
+                self.meter.record(**self._arguments(found, model, run_id, run))
         except Exception as exc:
             self._failed(exc)
 
-    def _record(self, found: Found, response: LLMResult, run_id: UUID, run: _Run | None) -> None:
+    def _read_message(
+        self,
+        usage: Mapping[str, Any],
+        response_metadata: object,
+        llm_output: object,
+        run_id: UUID,
+        run: _Run | None,
+    ) -> dict[str, Any] | None:
+        """On the meter's worker: one message's usage -> `record()`'s arguments."""
+        if is_cache_hit(usage):
+            return None  # replayed from LangChain's cache: the provider was not called
+        model = model_in(response_metadata) or model_in(llm_output)
+        return self._arguments(("openai", from_usage_metadata(usage)), model, run_id, run)
+
+    def _arguments(
+        self, found: Found, model: str | None, run_id: UUID, run: _Run | None
+    ) -> dict[str, Any]:
+        """`record()`'s keyword arguments for a run's usage and the model that answered."""
         counts, fields = found
-        customer, model, provider, dims = (
+        customer, asked, provider, dims = (
             run[:4] if run is not None else (None, None, None, self.dimensions)
         )
         if dims:
             fields["dimensions"] = dims
-        self.meter.record(
-            counts=counts,
-            model=response_model(response) or model,
-            provider=provider,
-            customer_id=customer,
-            request_id=str(run_id),
-            fallback_customer_id=self.customer_id,
+        return {
+            "counts": counts,
+            "model": model or asked,
+            "provider": provider,
+            "customer_id": customer,
+            "request_id": str(run_id),
+            "fallback_customer_id": self.customer_id,
             **fields,
-        )
+        }
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, InvalidUsage) and self.meter.strict:
