@@ -305,3 +305,94 @@ def test_provider_error_is_not_billed(
     wait_stat(logger, "failures", 1)
     assert meter.flush(5)
     assert fake_stripe.events() == []
+
+
+def test_router_retries_and_fallbacks_bill_only_the_answer(
+    stripe_logger: Any, fake_stripe: Any
+) -> None:
+    """A Router over real HTTP: a failed attempt bills nothing, the answer bills once.
+
+    Retried on the same deployment, or fallen back to another model (billed as the model
+    that answered), sync and async, plain and streamed.
+    """
+    meter, logger = stripe_logger()
+    with (
+        OpenAIServer(prompt_tokens=100, completion_tokens=20) as main,
+        OpenAIServer(
+            model="gpt-4o-mini-2024-07-18", prompt_tokens=50, completion_tokens=5
+        ) as spare,
+    ):
+        router = litellm.Router(
+            model_list=[
+                {
+                    "model_name": "main",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o",
+                        "api_base": main.base_url,
+                        "api_key": "sk-test",
+                        "max_retries": 0,  # the Router retries, not the openai client
+                    },
+                },
+                {
+                    "model_name": "spare",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o-mini",
+                        "api_base": spare.base_url,
+                        "api_key": "sk-test",
+                    },
+                },
+            ],
+            fallbacks=[{"main": ["spare"]}],
+            num_retries=1,
+            retry_after=0,
+        )
+        usage_option = {"include_usage": True}
+
+        def call(customer: str, fail: int, stream: bool = False) -> None:
+            main.fail_next = fail
+            resp = router.completion(
+                model="main",
+                messages=MESSAGES,
+                metadata={"stripe_customer_id": customer},
+                stream=stream,
+                **({"stream_options": usage_option} if stream else {}),
+            )
+            if stream:
+                for _ in resp:
+                    pass
+
+        async def acall(customer: str, fail: int, stream: bool = False) -> None:
+            main.fail_next = fail
+            resp = await router.acompletion(
+                model="main",
+                messages=MESSAGES,
+                metadata={"stripe_customer_id": customer},
+                stream=stream,
+                **({"stream_options": usage_option} if stream else {}),
+            )
+            if stream:
+                async for _ in resp:
+                    pass
+
+        call("cus_RA", fail=1)  # retried on main
+        call("cus_RB", fail=10)  # main keeps failing: the spare answers
+        call("cus_RC", fail=0, stream=True)
+
+        async def main_() -> None:
+            await acall("cus_RD", fail=1)
+            await acall("cus_RE", fail=10)
+            await acall("cus_RF", fail=1, stream=True)
+            await drain_litellm()
+
+        asyncio.run(main_())
+        main.fail_next = 0
+        wait_stat(logger, "recorded", 6)
+    assert meter.flush(5)
+    big = [("openai/gpt-4o", "input", 100), ("openai/gpt-4o", "output", 20)]
+    small = [("openai/gpt-4o-mini", "input", 50), ("openai/gpt-4o-mini", "output", 5)]
+    expected = {"cus_RA": big, "cus_RB": small, "cus_RC": big, "cus_RD": big}
+    expected |= {"cus_RE": small, "cus_RF": big}
+    assert event_tuples(fake_stripe) == sorted(
+        (cus, *event) for cus, events in expected.items() for event in events
+    )
+    assert logger.stats()["recorded"] == 6
