@@ -549,8 +549,9 @@ class TokenMeter:
                 self._drain_queue(limit=10**9)
             if self._queue.empty() and not self._carry:
                 with self._drain_lock:  # wait out a drain that took items but has not stored them
-                    pass
-                if self.local or not self._outbox.has_pending():
+                    # ... and look again: a drain that failed to store carries them over
+                    settled = self._queue.empty() and not self._carry
+                if settled and (self.local or not self._outbox.has_pending()):
                     return True
             if time.monotonic() >= deadline:
                 return False
