@@ -213,6 +213,36 @@ def test_a_cache_hit_right_after_a_call_leaves_that_call_billed(
     assert meter.stats()["recorded"] == 1
 
 
+def test_two_same_prompts_in_one_generate_with_a_cache_bill_the_call_made(
+    meter: TokenMeter, handler: StripeCallbackHandler, fake_stripe: Any, chat: Any
+) -> None:
+    """The second prompt hits the cache the first filled, and LangChain marks the first run's
+    own generation as a hit before either run ends: the first run still bills (its message
+    carries its run id), the second does not."""
+    model = chat(cache=InMemoryCache())
+    model.generate(
+        [[HumanMessage("same")], [HumanMessage("same")]],
+        callbacks=[handler],
+        metadata={"stripe_customer_id": "cus_a"},
+    )
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _one_call("cus_a")
+
+
+def test_the_handler_customer_is_the_one_set_when_the_call_ended(
+    meter: TokenMeter, fake_stripe: Any, chat: Any
+) -> None:
+    """An app re-pointing one handler per request: calls still queued keep their customer."""
+    handler = StripeCallbackHandler(meter, customer_id="cus_a")
+    model = chat()
+    with meter._drain_lock:  # the worker reads nothing until both calls have returned
+        model.invoke("x", config={"callbacks": [handler]})
+        handler.customer_id = "cus_b"
+        model.invoke("y", config={"callbacks": [handler]})
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == sorted(_one_call("cus_a") + _one_call("cus_b"))
+
+
 # -- plain (completion) LLMs: llm_output usage -------------------------------------------
 
 

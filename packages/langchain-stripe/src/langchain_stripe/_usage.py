@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
+from uuid import UUID
 
 from langchain_core.outputs import LLMResult
 from stripe_token_meter.provider_usage import UsageReport as Found
@@ -22,6 +23,7 @@ __all__ = [
     "is_cache_hit",
     "later_batch_member",
     "model_in",
+    "names_run",
     "only_message",
     "response_model",
 ]
@@ -66,6 +68,17 @@ def only_message(result: LLMResult) -> Any:
 def is_cache_hit(um: Mapping[str, Any]) -> bool:
     """LangChain marks usage replayed from its cache with `total_cost: 0`."""
     return bool(um.get("total_cost", 1) == 0)
+
+
+def names_run(message_id: object, run_id: UUID) -> bool:
+    """True if LangChain named the message after this run (`lc_run--<run_id>-0`).
+
+    Then the message is this run's own answer even when it is marked as a cache hit: in
+    `generate([[p], [p]])` with a cache, the second prompt's hit marks the first run's own
+    generation (LangChain edits cached generations in place) before either run ends.
+    Messages the provider named (ChatOpenAI's `chatcmpl-...`) cannot be told apart so.
+    """
+    return isinstance(message_id, str) and str(run_id) in message_id
 
 
 def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
@@ -135,6 +148,7 @@ def extract_error_usage(result: object) -> Found | None:
 
 
 def model_in(meta: object) -> str | None:
+    """The model a `response_metadata` / `llm_output` mapping names, if any."""
     if isinstance(meta, (dict, Mapping)):  # dict first: it skips the ABC check
         name = meta.get("model_name") or meta.get("model")
         if isinstance(name, str) and name:

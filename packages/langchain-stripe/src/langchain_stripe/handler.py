@@ -27,6 +27,7 @@ from ._usage import (
     is_cache_hit,
     later_batch_member,
     model_in,
+    names_run,
     only_message,
     response_model,
 )
@@ -170,42 +171,47 @@ class StripeCallbackHandler(BaseCallbackHandler):
     # -- end: one record per run -----------------------------------------------------------
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        run = self._runs.pop(run_id, None)
+        # A run whose start was not seen (or was evicted) bills with the handler's defaults.
+        run = self._runs.pop(run_id, None) or (None, None, None, self.dimensions, 1)
         try:
             message = only_message(response)
             usage = getattr(message, "usage_metadata", None)
             if usage:
                 # The usual call: one message with usage. Its dicts are read on the meter's
-                # worker, not here. They are taken now: LangChain's cache later *replaces*
-                # this message on the generation (a copy marked as a cache hit) but never
-                # edits these dicts, so the worker reads what this call reported.
+                # worker, not here. Everything is taken now: LangChain's cache later
+                # *replaces* this message on the generation (a copy marked as a cache hit)
+                # but never edits these dicts, and the app may re-point this handler's
+                # customer_id for its next request.
                 self.meter.record_later(
                     SOURCE,
                     self._read_message,
                     usage,
                     getattr(message, "response_metadata", None),
+                    getattr(message, "id", None),
                     response.llm_output,
                     run_id,
                     run,
+                    self.customer_id,
                 )
                 return
             # A batch, several candidates (n > 1) or a plain LLM: read here.
             # A plain-LLM batch reports one usage for all its prompts, on its first run.
-            later = run is not None and run[4] > 1 and later_batch_member(response)
+            later = run[4] > 1 and later_batch_member(response)
             found = extract_usage(response, legacy=not later)
             if found is CACHE_HIT:
                 return  # replayed from LangChain's cache: the provider was not called
             if found is None or isinstance(found, str):
                 if not later:
-                    model = response_model(response) or (run[1] if run else None)
+                    model = response_model(response) or run[1]
                     self.meter.report_missing_usage(f"LangChain {model}", MISSING_USAGE_FIX)
                 return
-            self.meter.record(**self._arguments(found, response_model(response), run_id, run))
+            model = response_model(response)
+            self.meter.record(**_arguments(found, model, run_id, run, self.customer_id))
         except Exception as exc:
             self._failed(exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        run = self._runs.pop(run_id, None)
+        run = self._runs.pop(run_id, None) or (None, None, None, self.dimensions, 1)
         try:
             # Failed calls are billed only for usage the provider did report (a partial
             # stream's, or one in the error's body): never estimated.
@@ -213,45 +219,47 @@ class StripeCallbackHandler(BaseCallbackHandler):
             found = extract_error_usage(response)
             if found is not None:
                 model = response_model(response) if isinstance(response, LLMResult) else None
-                self.meter.record(**self._arguments(found, model, run_id, run))
+                self.meter.record(**_arguments(found, model, run_id, run, self.customer_id))
         except Exception as exc:
             self._failed(exc)
 
+    @staticmethod
     def _read_message(
-        self,
         usage: Mapping[str, Any],
         response_metadata: object,
+        message_id: object,
         llm_output: object,
         run_id: UUID,
-        run: _Run | None,
+        run: _Run,
+        fallback_customer_id: str | None,
     ) -> dict[str, Any] | None:
         """On the meter's worker: one message's usage -> `record()`'s arguments."""
-        if is_cache_hit(usage):
+        if is_cache_hit(usage) and not names_run(message_id, run_id):
             return None  # replayed from LangChain's cache: the provider was not called
         model = model_in(response_metadata) or model_in(llm_output)
-        return self._arguments(("openai", from_usage_metadata(usage)), model, run_id, run)
-
-    def _arguments(
-        self, found: Found, model: str | None, run_id: UUID, run: _Run | None
-    ) -> dict[str, Any]:
-        """`record()`'s keyword arguments for a run's usage and the model that answered."""
-        counts, fields = found
-        customer, asked, provider, dims = (
-            run[:4] if run is not None else (None, None, None, self.dimensions)
-        )
-        if dims:
-            fields["dimensions"] = dims
-        return {
-            "counts": counts,
-            "model": model or asked,
-            "provider": provider,
-            "customer_id": customer,
-            "request_id": str(run_id),
-            "fallback_customer_id": self.customer_id,
-            **fields,
-        }
+        found: Found = ("openai", from_usage_metadata(usage))
+        return _arguments(found, model, run_id, run, fallback_customer_id)
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, InvalidUsage) and self.meter.strict:
             raise exc
         self.meter.report_adapter_error(SOURCE, exc)
+
+
+def _arguments(
+    found: Found, model: str | None, run_id: UUID, run: _Run, fallback_customer_id: str | None
+) -> dict[str, Any]:
+    """`record()`'s keyword arguments for a run's usage and the model that answered."""
+    counts, fields = found
+    customer, asked, provider, dims, _ = run
+    if dims:
+        fields["dimensions"] = dims
+    return {
+        "counts": counts,
+        "model": model or asked,
+        "provider": provider,
+        "customer_id": customer,
+        "request_id": str(run_id),
+        "fallback_customer_id": fallback_customer_id,
+        **fields,
+    }
