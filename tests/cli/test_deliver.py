@@ -101,8 +101,10 @@ def test_resolve_settles_dead_letters_without_sending_them(cli: Cli, seeded: See
     assert r.code == 0, r.err
     assert r.json() == {
         "resolved": 2,
+        "resolved_rejected": 0,
         "code": "meter_event_customer_not_found",
         "dead_codes_left": [],
+        "rejected_codes_left": ["missing_customer"],
     }
     after = cli("status", "--json", "--outbox", str(seeded.path)).json()
     assert (after["counts"]["dead"], after["counts"]["resolved"]) == (0, 2)
@@ -117,6 +119,37 @@ def test_resolve_settles_dead_letters_without_sending_them(cli: Cli, seeded: See
     assert "Resolved 0 dead letter(s)" in again.out
     missing = cli("resolve", *seeded.flags())
     assert missing.code == 2 and "--code" in missing.err
+
+
+def test_resolve_settles_rejected_records_and_keeps_them(cli: Cli, seeded: Seeded) -> None:
+    before = cli("status", "--json", "--outbox", str(seeded.path)).json()
+    assert (before["counts"]["rejected"], before["counts"]["rejected_resolved"]) == (1, 0)
+    assert [r["code"] for r in before["rejected"]] == ["missing_customer"]
+    assert "resolve --code missing_customer" in before["rejected"][0]["fix"]
+    r = cli("resolve", "--code", "missing_customer", "--json", "--outbox", str(seeded.path))
+    assert r.code == 0, r.err
+    assert r.json() == {
+        "resolved": 0,
+        "resolved_rejected": 1,
+        "code": "missing_customer",
+        "dead_codes_left": ["meter_event_customer_not_found"],
+        "rejected_codes_left": [],
+    }
+    after = cli("status", "--json", "--outbox", str(seeded.path)).json()
+    assert (after["counts"]["rejected"], after["counts"]["rejected_resolved"]) == (0, 1)
+    assert after["rejected"] == []
+    assert "1 usage record(s) rejected" not in cli("status", "--outbox", str(seeded.path)).out
+    # Kept with its reason and record, stamped when it was settled.
+    outbox = Outbox(seeded.path)
+    [(code, record, resolved)] = outbox.query("SELECT code, record, resolved FROM rejected")
+    outbox.close()
+    assert code == "missing_customer" and '"request_id": "nocus"' in record
+    assert resolved is not None
+    # Dead letters and rejected records settle one code at a time.
+    r = cli("resolve", "--code", "meter_event_customer_not_found", "--outbox", str(seeded.path))
+    assert "Resolved 2 dead letter(s) and 0 rejected record(s)" in r.out
+    assert cli("status", "--json", "--outbox", str(seeded.path)).json()["healthy"] is False
+    # (the local-ledger rows still warn: they are never sent)
 
 
 def test_cancel_marks_cancelled_at_stripe_and_in_the_outbox(cli: Cli, seeded: Seeded) -> None:

@@ -83,6 +83,7 @@ def test_status_json(cli: Cli, seeded: Seeded) -> None:
         "resolved": 0,
         "cancelled": 0,
         "rejected": 1,
+        "rejected_resolved": 0,
     }
     assert data["oldest_pending_age_seconds"] >= 0
     [dead] = data["dead_letters"]

@@ -165,12 +165,12 @@ def test_unconfirmed_for_less_than_a_day_is_resent(
     assert sorted(fake_stripe.totals().values()) == [20, 100]
 
 
-def test_an_outbox_from_before_the_column_gets_it_and_its_index(tmp_path: Path) -> None:
+def test_an_outbox_from_before_the_columns_gets_them_and_the_index(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old_schema = _SCHEMA.replace(
         "    delivered REAL,\n    unconfirmed REAL\n", "    delivered REAL\n"
-    )
-    assert old_schema != _SCHEMA
+    ).replace("    record TEXT NOT NULL,\n    resolved REAL\n", "    record TEXT NOT NULL\n")
+    assert "unconfirmed" not in old_schema and "resolved REAL" not in old_schema
     with sqlite3.connect(path) as db:
         db.executescript(old_schema)
         db.execute(
@@ -178,7 +178,14 @@ def test_an_outbox_from_before_the_column_gets_it_and_its_index(tmp_path: Path) 
             " timestamp, payload, status, created) VALUES ('a', 'e', 'cus_1', 'm', 'input', 5,"
             " 1, '{}', 'pending', 1)"
         )
+        db.execute(
+            "INSERT INTO rejected (created, code, field, message, record)"
+            " VALUES (1, 'missing_customer', 'customer_id', 'no customer', '{}')"
+        )
     outbox = Outbox(path)
+    assert (outbox.counts()["rejected"], outbox.counts()["rejected_resolved"]) == (1, 0)
+    assert outbox.resolve_rejected("missing_customer") == 1
+    assert (outbox.counts()["rejected"], outbox.counts()["rejected_resolved"]) == (0, 1)
     [row] = outbox.claim("me", 10, 30.0)  # the old row was never sent: claimed as usual
     outbox.mark_retry([row.id], 0.0, "api_error", "boom", maybe_sent=True)
     _age_unconfirmed(path, UNCONFIRMED_LIMIT + 1)

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS rejected (
     code TEXT NOT NULL,
     field TEXT NOT NULL,
     message TEXT NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    resolved REAL
 );
 CREATE TABLE IF NOT EXISTS adjustments (
     identifier TEXT PRIMARY KEY,
@@ -69,6 +70,8 @@ CREATE TABLE IF NOT EXISTS adjustments (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_ADDED_COLUMNS: Final = (("events", "unconfirmed"), ("rejected", "resolved"))
+"""Columns later versions added (all REAL, NULL by default): added to older files on open."""
 UNCONFIRMED_CODE: Final = "unconfirmed_past_dedup_window"
 UNCONFIRMED_LIMIT: Final = DEDUP_WINDOW - 3600.0
 """A row first sent without a confirmed outcome longer ago than this is not sent again:
@@ -218,13 +221,14 @@ class Outbox:
         self._rows_per_insert = max(1, min(500, limit // _N_COLUMNS))
         with self._lock:
             self._conn.executescript(_SCHEMA)
-            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(events)")}
-            if "unconfirmed" not in columns:  # a file from before this column
-                try:
-                    self._conn.execute("ALTER TABLE events ADD COLUMN unconfirmed REAL")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):  # not another process's doing
-                        raise
+            for table, column in _ADDED_COLUMNS:
+                columns = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:  # a file from before this column
+                    try:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+                    except sqlite3.OperationalError as exc:
+                        if "duplicate column" not in str(exc):  # not another process's doing
+                            raise
 
     def _rollback(self) -> None:
         """Roll back if a transaction is still open: SQLite already rolled back on some
@@ -560,6 +564,15 @@ class Outbox:
                 (code,),
             ).rowcount
 
+    def resolve_rejected(self, code: str) -> int:
+        """Rejected usage records with `code` -> resolved (stamped now): kept with their
+        record and reason, no longer counted as rejected. Returns how many."""
+        with self._lock:
+            return self._conn.execute(
+                "UPDATE rejected SET resolved=? WHERE code=? AND resolved IS NULL",
+                (time.time(), code),
+            ).rowcount
+
     def prune_delivered(self, older_than: float, limit: int = PRUNE_LIMIT) -> int:
         """Delete at most `limit` delivered rows delivered (and timestamped) before
         `older_than` (Unix seconds), oldest first, in one short transaction; returns how many.
@@ -609,7 +622,8 @@ class Outbox:
         return None if row is None else str(row[0])
 
     def counts(self) -> dict[str, int]:
-        """Rows per status, plus `rejected` usage records and `retrying` pending rows.
+        """Rows per status, plus `rejected` usage records (open / `rejected_resolved`) and
+        `retrying` pending rows.
 
         `delivered` counts only rows still kept: the worker deletes delivered rows older
         than `TokenMeter(retain_delivered=...)` (35 days by default, see `prune_delivered`).
@@ -625,7 +639,10 @@ class Outbox:
                     "SELECT COUNT(*) FROM events WHERE status='pending' AND attempts>0"
                 ).fetchone()[0]
             )
-            out["rejected"] = int(self._conn.execute("SELECT COUNT(*) FROM rejected").fetchone()[0])
+            open_, settled = self._conn.execute(
+                "SELECT COUNT(*) - COUNT(resolved), COUNT(resolved) FROM rejected"
+            ).fetchone()
+            out["rejected"], out["rejected_resolved"] = int(open_), int(settled)
         return out
 
     def has_pending(self) -> bool:

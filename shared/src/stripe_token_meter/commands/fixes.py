@@ -18,6 +18,9 @@ class Fix:
 
 
 _REPLAY = "then `stripe-token-meter replay --code {code}`"
+_SETTLE = (
+    "; the records kept were not billed: once handled, `stripe-token-meter resolve --code {code}`"
+)
 
 FIXES: dict[str, Fix] = {
     # Stripe's answers to meter events (events table, status 'dead')
@@ -70,33 +73,36 @@ FIXES: dict[str, Fix] = {
     # Usage records the meter rejected before any event existed (table 'rejected')
     "missing_customer": Fix(
         "no customer for the call: pass stripe_customer_id in the call's metadata, wrap it in "
-        "`with meter.customer('cus_...')`, or set a handler customer_id / default_customer_id",
+        "`with meter.customer('cus_...')`, or set a handler customer_id / default_customer_id"
+        + _SETTLE,
         False,
     ),
     "invalid_customer": Fix(
-        "customer ids must be Stripe ids (cus_...): map your own user ids with a customer_resolver",
+        "customer ids must be Stripe ids (cus_...): map your own user ids with a customer_resolver"
+        + _SETTLE,
         False,
     ),
     "invalid_token_count": Fix(
         "a framework reported a negative, fractional or non-numeric token count: upgrade the "
-        "adapter/framework and report it with the record shown",
+        "adapter/framework and report it with the record shown" + _SETTLE,
         False,
     ),
     "invalid_timestamp": Fix(
         "the call's timestamp was outside Stripe's window (35 days past, 5 minutes ahead): "
-        "check the host clock",
+        "check the host clock" + _SETTLE,
         False,
     ),
     "invalid_identifier": Fix(
-        "a request id, event name or model name was empty or too long (100 characters max)",
+        "a request id, event name or model name was empty or too long (100 characters max)"
+        + _SETTLE,
         False,
     ),
     "invalid_dimension": Fix(
         "extra dimensions must be non-empty strings and may not reuse model, token_type or "
-        "the customer/value keys",
+        "the customer/value keys" + _SETTLE,
         False,
     ),
-    "invalid_usage": Fix("the record broke a meter event rule: see the message", False),
+    "invalid_usage": Fix("the record broke a meter event rule: see the message" + _SETTLE, False),
 }
 
 

@@ -45,7 +45,8 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
         " FROM events WHERE status='dead' GROUP BY 1 ORDER BY 2 DESC, 1"
     )
     rejected = outbox.query(
-        "SELECT code, COUNT(*), MAX(field), MAX(message) FROM rejected GROUP BY code"
+        "SELECT code, COUNT(*), MAX(field), MAX(message) FROM rejected WHERE resolved IS NULL"
+        " GROUP BY code"
         " ORDER BY 2 DESC, 1"
     )
     adjustments = dict(outbox.query("SELECT status, COUNT(*) FROM adjustments GROUP BY status"))
@@ -85,6 +86,7 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
                 "local",
                 "cancelled",
                 "rejected",
+                "rejected_resolved",
             )
         },
         "oldest_pending_age_seconds": None if oldest is None else round(now - float(oldest), 3),
@@ -147,6 +149,7 @@ def _print(d: dict[str, Any]) -> None:
         + (f" ({c['resolved']:,} more resolved)" if c["resolved"] else "")
         + f", {c['local']:,} local, {c['cancelled']:,} cancelled; "
         f"{c['rejected']:,} usage record(s) rejected"
+        + (f" ({c['rejected_resolved']:,} more resolved)" if c["rejected_resolved"] else "")
     )
     if d["last_error"]:
         console.print(f"[bold]Last delivery error[/] {d['last_error']['error']}", soft_wrap=True)
