@@ -123,3 +123,22 @@ def test_http_error_is_not_billed(
     assert fake_stripe.events() == []
     assert meter.stats()["adapter_errors"] == 0
     assert handler.open_runs == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
+def test_a_prompt_repeated_in_one_batch_with_a_cache_bills_the_call_made(
+    make_meter: MeterFactory, fake_stripe: Any, server: OpenAIServer, stream: bool
+) -> None:
+    """LangChain marks the first run's own generation as a cache hit when the second prompt
+    hits it; the message carries the first run's id, so that run is still billed, once."""
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.messages import HumanMessage
+
+    meter = make_meter()
+    handler = StripeCallbackHandler(meter, customer_id=CUS)
+    model = _model(server, cache=InMemoryCache(), streaming=stream, stream_usage=stream)
+    prompt = [HumanMessage("same")]
+    model.generate([prompt, prompt], callbacks=[handler])
+    model.generate([prompt], callbacks=[handler])  # a hit from a later call: not billed
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == BASIC
