@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from stripe_token_meter import TokenMeter, Usage
+from support.disk import disk_full
 
 RECORDER = textwrap.dedent(
     """
@@ -146,23 +147,18 @@ def test_records_survive_a_failed_store(local_meter: Any) -> None:
     meter = local_meter()
     meter.record(Usage(customer_id="cus_a", model="openai/gpt-4o", input_tokens=1, request_id="a"))
     assert meter.flush(10)
-    box = meter._outbox
-    with box._lock:
-        (pages,) = box._conn.execute("PRAGMA page_count").fetchone()
-        box._conn.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL on growth
-    for i in range(300):
-        meter.record(
-            Usage(customer_id="cus_a", model="openai/gpt-4o", input_tokens=2, request_id=f"r{i}")
-        )
-    deadline = time.monotonic() + 5
-    while "full" not in (meter.stats()["last_error"] or "") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stats = meter.stats()
-    assert "full" in (stats["last_error"] or ""), stats
-    assert stats["queued"] == 300 and stats["local"] == 1
-    assert not meter.flush(0.5)  # not claimed done while records wait in memory
-    with box._lock:
-        box._conn.execute("PRAGMA max_page_count=1073741823")
+
+    def fill() -> None:
+        for i in range(300):
+            meter.record(
+                Usage(
+                    customer_id="cus_a", model="openai/gpt-4o", input_tokens=2, request_id=f"r{i}"
+                )
+            )
+
+    with disk_full(meter, fill) as stats:
+        assert stats["queued"] == 300 and stats["local"] == 1
+        assert not meter.flush(0.5)  # not claimed done while records wait in memory
     assert meter.flush(10)
     stats = meter.stats()
     assert stats["queued"] == 0 and stats["local"] == 301 and stats["recorded"] == 301

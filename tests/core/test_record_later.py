@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from stripe_token_meter import InvalidTokenCount, TokenMeter
+from support.disk import disk_full
 
 MeterFactory = Callable[..., TokenMeter]
 
@@ -131,21 +131,14 @@ def test_items_survive_a_failed_store(local_meter: MeterFactory) -> None:
     threads: list[str] = []
     meter.record_later("test", _reader(threads), {"in": 1, "out": 1}, "first")
     assert meter.flush(10)
-    box = meter._outbox
-    with box._lock:
-        (pages,) = box._conn.execute("PRAGMA page_count").fetchone()
-        box._conn.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL on growth
-    for i in range(300):
-        meter.record_later("test", _reader(threads), {"in": 2, "out": 1}, f"r{i}")
-    deadline = time.monotonic() + 5
-    while "full" not in (meter.stats()["last_error"] or "") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stats = meter.stats()
-    assert "full" in (stats["last_error"] or ""), stats
-    assert stats["queued"] == 300 and stats["local"] == 2
-    assert not meter.flush(0.5)  # not claimed done while records wait in memory
-    with box._lock:
-        box._conn.execute("PRAGMA max_page_count=1073741823")
+
+    def fill() -> None:
+        for i in range(300):
+            meter.record_later("test", _reader(threads), {"in": 2, "out": 1}, f"r{i}")
+
+    with disk_full(meter, fill) as stats:
+        assert stats["queued"] == 300 and stats["local"] == 2
+        assert not meter.flush(0.5)  # not claimed done while records wait in memory
     assert meter.flush(10)
     stats = meter.stats()
     assert (stats["queued"], stats["local"], stats["recorded"]) == (0, 602, 301)
