@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CHILD = r"""
 import asyncio, atexit, json, os
 
@@ -111,7 +113,10 @@ def _outbox_rows(path: Path) -> list[tuple[str, str]]:
         con.close()
 
 
-def test_exit_right_after_calls(fake_stripe: Any, tmp_path: Path) -> None:
+def _attempt(fake_stripe: Any, tmp_path: Path) -> bool:
+    """One child and its second process, every billing check made; True if some of phase
+    2's callbacks really ran from LiteLLM's atexit flush, after the meter's close()."""
+    tmp_path.mkdir()
     outbox_a, outbox_b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
     env = dict(os.environ, FAKE_STRIPE_URL=fake_stripe.url, OUTBOX_A=str(outbox_a))
     env["OUTBOX_B"] = str(outbox_b)
@@ -124,18 +129,19 @@ def test_exit_right_after_calls(fake_stripe: Any, tmp_path: Path) -> None:
     calls = dict(json.loads(line[5:]) for line in lines if line.startswith("CALL "))
     (report,) = [json.loads(line[7:]) for line in lines if line.startswith("REPORT ")]
     assert sorted(calls) == list(range(10))
-    # phase 2's last callbacks really ran from LiteLLM's atexit flush, after close()
-    assert report["late"], child.stdout
 
     def ids(calls_: range) -> set[str]:
         return {f"{calls[i]}:{t}:token-billing-tokens" for i in calls_ for t in ("input", "output")}
+
+    def held() -> list[str]:  # this attempt's identifiers at FakeStripe (ids are per call)
+        return [i for i in fake_stripe.identifiers() if i in ids(range(10))]
 
     # every event reached FakeStripe or an outbox; the late ones wait in outbox B
     rows_a, rows_b = _outbox_rows(outbox_a), _outbox_rows(outbox_b)
     assert {i for i, _ in rows_a} == ids(range(0, 5))
     assert {i for i, _ in rows_b} == ids(range(5, 10))
     pending = {i for i, s in rows_a + rows_b if s == "pending"}
-    assert set(fake_stripe.identifiers()) | pending == ids(range(10))
+    assert set(held()) | pending == ids(range(10))
     late_ids = {
         f"{rid}:{t}:token-billing-tokens" for rid in report["late"] for t in ("input", "output")
     }
@@ -144,10 +150,21 @@ def test_exit_right_after_calls(fake_stripe: Any, tmp_path: Path) -> None:
     second = _run(SECOND, env, tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
 
-    identifiers = fake_stripe.identifiers()
+    identifiers = held()
     assert len(identifiers) == len(set(identifiers)) == 20
     assert set(identifiers) == ids(range(10))
-    assert {(e.customer, e.payload["token_type"], e.value) for e in fake_stripe.events()} == {
+    events = [e for e in fake_stripe.events() if e.identifier in ids(range(10))]
+    assert {(e.customer, e.payload["token_type"], e.value) for e in events} == {
         (f"cus_E{i}", t, v) for i in range(10) for t, v in (("input", 100 + i), ("output", i + 1))
     }
     assert {s for _, s in _outbox_rows(outbox_a) + _outbox_rows(outbox_b)} == {"delivered"}
+    return bool(report["late"])
+
+
+def test_exit_right_after_calls(fake_stripe: Any, tmp_path: Path) -> None:
+    # Whether LiteLLM leaves phase 2's last callbacks for its atexit flush depends on timing;
+    # each attempt is checked in full, and one of three must have taken that path.
+    for n in range(3):
+        if _attempt(fake_stripe, tmp_path / f"attempt{n}"):
+            return
+    pytest.fail("no attempt of 3 left callbacks for LiteLLM's atexit flush")
