@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from cli_testkit import KEY, Cli, Seeded
+from stripe_token_meter.outbox import _SCHEMA
 
 
 def test_report_json_counts_every_status(cli: Cli, seeded: Seeded) -> None:
@@ -124,3 +128,36 @@ def test_status_from_environment(cli: Cli, seeded: Seeded, monkeypatch: object) 
     assert data["outbox_source"] == "STRIPE_TOKEN_METER_OUTBOX"
     assert data["key"] == {"configured": True, "kind": "rk_live", "source": "STRIPE_API_KEY"}
     assert data["counts"]["delivered"] == 2
+
+
+def test_status_and_report_read_an_outbox_older_than_their_columns(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A file written before `events.unconfirmed` and `rejected.resolved` existed, which no
+    newer meter has opened yet: the read-only commands leave it as it is and still read it."""
+    path = tmp_path / "old.sqlite3"
+    old_schema = _SCHEMA.replace(
+        "    delivered REAL,\n    unconfirmed REAL\n", "    delivered REAL\n"
+    ).replace("    record TEXT NOT NULL,\n    resolved REAL\n", "    record TEXT NOT NULL\n")
+    assert "unconfirmed" not in old_schema and "resolved REAL" not in old_schema
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO events (identifier, event_name, customer_id, model, token_type, value,"
+            " timestamp, payload, status, created) VALUES ('a:input:e', 'e', 'cus_1', 'm',"
+            " 'input', 5, 1, '{}', 'dead', 1)"
+        )
+        db.execute(
+            "INSERT INTO rejected (created, code, field, message, record)"
+            " VALUES (1, 'missing_customer', 'customer_id', 'no customer', '{}')"
+        )
+    status = cli("status", "--json", "--outbox", str(path))
+    assert status.code == 0 and status.json()["healthy"] is False, status.err
+    counts = status.json()["counts"]
+    assert (counts["dead"], counts["rejected"], counts["rejected_resolved"]) == (1, 1, 0)
+    report = cli("report", "--json", "--outbox", str(path))
+    assert report.code == 0, report.err
+    assert report.json()["rejected_records"] == 1
+    with sqlite3.connect(path) as db:  # not migrated by a read
+        columns = {r[1] for r in db.execute("PRAGMA table_info(rejected)")}
+    assert "resolved" not in columns

@@ -202,6 +202,13 @@ class Outbox:
                 uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA busy_timeout=30000")
+            for table, column in _ADDED_COLUMNS:
+                columns = {r[1] for r in self._conn.execute(f"PRAGMA main.table_info({table})")}
+                if columns and column not in columns:  # an older file, left as it is:
+                    # a temp view of the same name (searched first) adds the column as NULL
+                    self._conn.execute(
+                        f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS {column} FROM main.{table}"
+                    )
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
