@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from cli_testkit import KEY, Cli, Seeded
-from stripe_token_meter.outbox import _SCHEMA
+from support.old_outbox import write_old_outbox
 
 
 def test_report_json_counts_every_status(cli: Cli, seeded: Seeded) -> None:
@@ -136,21 +136,7 @@ def test_status_and_report_read_an_outbox_older_than_their_columns(
     """A file written before `events.unconfirmed` and `rejected.resolved` existed, which no
     newer meter has opened yet: the read-only commands leave it as it is and still read it."""
     path = tmp_path / "old.sqlite3"
-    old_schema = _SCHEMA.replace(
-        "    delivered REAL,\n    unconfirmed REAL\n", "    delivered REAL\n"
-    ).replace("    record TEXT NOT NULL,\n    resolved REAL\n", "    record TEXT NOT NULL\n")
-    assert "unconfirmed" not in old_schema and "resolved REAL" not in old_schema
-    with sqlite3.connect(path) as db:
-        db.executescript(old_schema)
-        db.execute(
-            "INSERT INTO events (identifier, event_name, customer_id, model, token_type, value,"
-            " timestamp, payload, status, created) VALUES ('a:input:e', 'e', 'cus_1', 'm',"
-            " 'input', 5, 1, '{}', 'dead', 1)"
-        )
-        db.execute(
-            "INSERT INTO rejected (created, code, field, message, record)"
-            " VALUES (1, 'missing_customer', 'customer_id', 'no customer', '{}')"
-        )
+    write_old_outbox(path, "dead")
     status = cli("status", "--json", "--outbox", str(path))
     assert status.code == 0 and status.json()["healthy"] is False, status.err
     counts = status.json()["counts"]

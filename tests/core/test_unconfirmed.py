@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from stripe_token_meter import TokenMeter, Usage
 from stripe_token_meter.outbox import (
-    _SCHEMA,
     UNCONFIRMED_CODE,
     UNCONFIRMED_LIMIT,
     Outbox,
 )
 from support.events import stored_event
+from support.old_outbox import write_old_outbox
 
 MeterFactory = Callable[..., TokenMeter]
 CUS = "cus_unconfirmed"
@@ -172,21 +172,7 @@ def test_unconfirmed_for_less_than_a_day_is_resent(
 
 def test_an_outbox_from_before_the_columns_gets_them_and_the_index(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    old_schema = _SCHEMA.replace(
-        "    delivered REAL,\n    unconfirmed REAL\n", "    delivered REAL\n"
-    ).replace("    record TEXT NOT NULL,\n    resolved REAL\n", "    record TEXT NOT NULL\n")
-    assert "unconfirmed" not in old_schema and "resolved REAL" not in old_schema
-    with sqlite3.connect(path) as db:
-        db.executescript(old_schema)
-        db.execute(
-            "INSERT INTO events (identifier, event_name, customer_id, model, token_type, value,"
-            " timestamp, payload, status, created) VALUES ('a', 'e', 'cus_1', 'm', 'input', 5,"
-            " 1, '{}', 'pending', 1)"
-        )
-        db.execute(
-            "INSERT INTO rejected (created, code, field, message, record)"
-            " VALUES (1, 'missing_customer', 'customer_id', 'no customer', '{}')"
-        )
+    write_old_outbox(path, "pending")
     outbox = Outbox(path)
     assert (outbox.counts()["rejected"], outbox.counts()["rejected_resolved"]) == (1, 0)
     assert outbox.resolve_rejected("missing_customer") == 1
