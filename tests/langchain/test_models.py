@@ -213,13 +213,19 @@ def test_a_cache_hit_right_after_a_call_leaves_that_call_billed(
     assert meter.stats()["recorded"] == 1
 
 
+@pytest.mark.parametrize("candidates", [1, 3])
 def test_two_same_prompts_in_one_generate_with_a_cache_bill_the_call_made(
-    meter: TokenMeter, handler: StripeCallbackHandler, fake_stripe: Any, chat: Any
+    meter: TokenMeter,
+    handler: StripeCallbackHandler,
+    fake_stripe: Any,
+    chat: Any,
+    candidates: int,
 ) -> None:
     """The second prompt hits the cache the first filled, and LangChain marks the first run's
     own generation as a hit before either run ends: the first run still bills (its message
-    carries its run id), the second does not."""
-    model = chat(cache=InMemoryCache())
+    carries its run id), the second does not. Several candidates (n > 1) take the path that
+    reads the result in place; the rule is the same."""
+    model = chat(cache=InMemoryCache(), candidates=candidates)
     model.generate(
         [[HumanMessage("same")], [HumanMessage("same")]],
         callbacks=[handler],

@@ -20,11 +20,10 @@ __all__ = [
     "extract_error_usage",
     "extract_usage",
     "from_usage_metadata",
-    "is_cache_hit",
     "later_batch_member",
     "model_in",
-    "names_run",
     "only_message",
+    "replayed",
     "response_model",
 ]
 from stripe_token_meter.provider_usage import read_usage
@@ -65,23 +64,21 @@ def only_message(result: LLMResult) -> Any:
     return None
 
 
-def is_cache_hit(um: Mapping[str, Any]) -> bool:
-    """LangChain marks usage replayed from its cache with `total_cost: 0`."""
-    return bool(um.get("total_cost", 1) == 0)
+def replayed(um: Mapping[str, Any], message_id: object, run_id: UUID | None) -> bool:
+    """True for usage LangChain replayed from its cache (it marks it `total_cost: 0`).
 
-
-def names_run(message_id: object, run_id: UUID) -> bool:
-    """True if LangChain named the message after this run (`lc_run--<run_id>-0`).
-
-    Then the message is this run's own answer even when it is marked as a cache hit: in
-    `generate([[p], [p]])` with a cache, the second prompt's hit marks the first run's own
-    generation (LangChain edits cached generations in place) before either run ends.
-    Messages the provider named (ChatOpenAI's `chatcmpl-...`) cannot be told apart so.
+    Not when LangChain named the message after this run (`lc_run--<run_id>...`): then it
+    is the run's own answer, marked by a later hit on it. In `generate([[p], [p]])` with a
+    cache the second prompt's hit marks the first run's own generation (LangChain edits
+    cached generations in place) before either run ends. A message an integration named
+    itself cannot be told apart so.
     """
-    return isinstance(message_id, str) and str(run_id) in message_id
+    if um.get("total_cost", 1) != 0:
+        return False
+    return not (run_id is not None and isinstance(message_id, str) and str(run_id) in message_id)
 
 
-def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
+def _message_usage(result: LLMResult, run_id: UUID | None) -> dict[str, Any] | str | None:
     """Summed `usage_metadata` of the result's generations, `CACHE_HIT`, or None if absent.
 
     Within one prompt's candidates (`n > 1`) ChatOpenAI copies the request's usage onto
@@ -91,9 +88,10 @@ def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
     for candidates in result.generations:
         usages: list[Mapping[str, Any]] = []
         for gen in candidates:
-            um = getattr(getattr(gen, "message", None), "usage_metadata", None)
+            message = getattr(gen, "message", None)
+            um = getattr(message, "usage_metadata", None)
             if um:
-                if is_cache_hit(um):
+                if replayed(um, getattr(message, "id", None), run_id):
                     return CACHE_HIT
                 usages.append(um)
         if usages and all(u == usages[0] for u in usages[1:]):
@@ -103,12 +101,14 @@ def _message_usage(result: LLMResult) -> dict[str, Any] | str | None:
     return total
 
 
-def extract_usage(result: LLMResult, *, legacy: bool = True) -> Found | str | None:
+def extract_usage(
+    result: LLMResult, *, legacy: bool = True, run_id: UUID | None = None
+) -> Found | str | None:
     """`(counts, fields)` for `meter.record`, `CACHE_HIT`, or None when nothing was reported.
 
-    `legacy=False` ignores `llm_output` (see `later_batch_member`).
+    `legacy=False` ignores `llm_output` (see `later_batch_member`); `run_id`: see `replayed`.
     """
-    message = _message_usage(result)
+    message = _message_usage(result, run_id)
     if isinstance(message, str):
         return message
     if message is not None:

@@ -24,11 +24,10 @@ from ._usage import (
     extract_error_usage,
     extract_usage,
     from_usage_metadata,
-    is_cache_hit,
     later_batch_member,
     model_in,
-    names_run,
     only_message,
+    replayed,
     response_model,
 )
 
@@ -197,7 +196,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
             # A batch, several candidates (n > 1) or a plain LLM: read here.
             # A plain-LLM batch reports one usage for all its prompts, on its first run.
             later = run[4] > 1 and later_batch_member(response)
-            found = extract_usage(response, legacy=not later)
+            found = extract_usage(response, legacy=not later, run_id=run_id)
             if found is CACHE_HIT:
                 return  # replayed from LangChain's cache: the provider was not called
             if found is None or isinstance(found, str):
@@ -234,7 +233,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
         fallback_customer_id: str | None,
     ) -> dict[str, Any] | None:
         """On the meter's worker: one message's usage -> `record()`'s arguments."""
-        if is_cache_hit(usage) and not names_run(message_id, run_id):
+        if replayed(usage, message_id, run_id):
             return None  # replayed from LangChain's cache: the provider was not called
         model = model_in(response_metadata) or model_in(llm_output)
         found: Found = ("openai", from_usage_metadata(usage))
