@@ -202,13 +202,11 @@ class Outbox:
                 uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA busy_timeout=30000")
-            for table, column in _ADDED_COLUMNS:
-                columns = {r[1] for r in self._conn.execute(f"PRAGMA main.table_info({table})")}
-                if columns and column not in columns:  # an older file, left as it is:
-                    # a temp view of the same name (searched first) adds the column as NULL
-                    self._conn.execute(
-                        f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS {column} FROM main.{table}"
-                    )
+            for table, column in self._missing_columns():  # an older file, left as it is:
+                # a temp view of the same name (searched first) adds the column as NULL
+                self._conn.execute(
+                    f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS {column} FROM main.{table}"
+                )
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -228,14 +226,21 @@ class Outbox:
         self._rows_per_insert = max(1, min(500, limit // _N_COLUMNS))
         with self._lock:
             self._conn.executescript(_SCHEMA)
-            for table, column in _ADDED_COLUMNS:
-                columns = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-                if column not in columns:  # a file from before this column
-                    try:
-                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
-                    except sqlite3.OperationalError as exc:
-                        if "duplicate column" not in str(exc):  # not another process's doing
-                            raise
+            for table, column in self._missing_columns():  # a file from before them
+                try:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # not another process's doing
+                        raise
+
+    def _missing_columns(self) -> list[tuple[str, str]]:
+        """`_ADDED_COLUMNS` an older file lacks (none of a table the file does not have)."""
+        missing = []
+        for table, column in _ADDED_COLUMNS:
+            columns = {r[1] for r in self._conn.execute(f"PRAGMA main.table_info({table})")}
+            if columns and column not in columns:
+                missing.append((table, column))
+        return missing
 
     def _rollback(self) -> None:
         """Roll back if a transaction is still open: SQLite already rolled back on some
@@ -570,6 +575,14 @@ class Outbox:
                 "UPDATE events SET status='resolved' WHERE status='dead' AND error_code=?",
                 (code,),
             ).rowcount
+
+    def open_codes(self) -> tuple[list[str], list[str]]:
+        """Error codes of the dead letters, and of the rejected records not resolved."""
+        dead = self.query("SELECT DISTINCT error_code FROM events WHERE status='dead' ORDER BY 1")
+        rejected = self.query(
+            "SELECT DISTINCT code FROM rejected WHERE resolved IS NULL ORDER BY 1"
+        )
+        return [str(r[0]) for r in dead], [str(r[0]) for r in rejected]
 
     def resolve_rejected(self, code: str) -> int:
         """Rejected usage records with `code` -> resolved (stamped now): kept with their

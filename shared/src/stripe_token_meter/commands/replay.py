@@ -44,12 +44,7 @@ def run(args: argparse.Namespace) -> int:
     # Without --code, events that may already be at Stripe past its duplicate check stay.
     held = 0 if args.code else len(outbox.replayable_ids(UNCONFIRMED_CODE))
     if not ids:
-        codes = [
-            str(r[0])
-            for r in outbox.query(
-                "SELECT DISTINCT error_code FROM events WHERE status='dead' ORDER BY 1"
-            )
-        ]
+        codes, _ = outbox.open_codes()
         message = "no dead letters" + (
             f" with code {args.code}" if args.code else " to replay without --code"
         )

@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     outbox = open_outbox(cfg)
     resolved = outbox.resolve_dead(args.code)
     rejected = outbox.resolve_rejected(args.code)
-    dead_left = _codes(outbox, "SELECT DISTINCT error_code FROM events WHERE status='dead'")
-    rejected_left = _codes(outbox, "SELECT DISTINCT code FROM rejected WHERE resolved IS NULL")
+    dead_left, rejected_left = outbox.open_codes()
     if args.json:
         print_json(
             {
@@ -67,7 +66,3 @@ def run(args: argparse.Namespace) -> int:
             line += f"; rejected records left: {', '.join(rejected_left)}"
         out().print(line + ".", soft_wrap=True)
     return EXIT_OK
-
-
-def _codes(outbox: Any, sql: str) -> list[str]:
-    return [str(r[0]) for r in outbox.query(sql + " ORDER BY 1")]
