@@ -16,35 +16,20 @@ from langchain_anthropic import ChatAnthropic
 from langchain_stripe import StripeCallbackHandler
 from stripe_token_meter import TokenMeter
 from support.events import event_tuples
-from support.providers import AnthropicServer
+from support.providers import AnthropicServer, cached_claude, cached_claude_events
 
 MeterFactory = Callable[..., TokenMeter]
 MODEL = "anthropic/claude-3.5-sonnet"
 CUS = "cus_claude"
 
-BASIC = [(CUS, MODEL, "input", 50 + 200 + 300), (CUS, MODEL, "output", 30)]
-DETAILED = [
-    (CUS, MODEL, "cache_write", 300),
-    (CUS, MODEL, "cached_input", 200),
-    (CUS, MODEL, "input", 50),
-    (CUS, MODEL, "output", 30),
-]
-
-
-def _server(cumulative_delta: bool) -> AnthropicServer:
-    return AnthropicServer(
-        input_tokens=50,
-        output_tokens=30,
-        cache_read_input_tokens=200,
-        cache_creation_input_tokens=300,
-        cumulative_delta=cumulative_delta,
-    )
+EVENTS = cached_claude_events(CUS, MODEL)
+BASIC, DETAILED = EVENTS["basic"], EVENTS["detailed"]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[AnthropicServer]:
     """As Anthropic's API streams: `message_delta` repeats the cumulative usage."""
-    with _server(cumulative_delta=True) as srv:
+    with cached_claude(cumulative_delta=True) as srv:
         yield srv
 
 
@@ -112,7 +97,7 @@ def test_a_message_delta_without_input_counts(
     call still bills exactly, the stream bills its output and the meter says why."""
     meter = make_meter()
     handler = StripeCallbackHandler(meter, customer_id=CUS)
-    with _server(cumulative_delta=False) as srv:
+    with cached_claude(cumulative_delta=False) as srv:
         _model(srv).invoke("hi", config={"callbacks": [handler]})
         assert meter.flush(5)
         assert event_tuples(fake_stripe) == sorted(BASIC)

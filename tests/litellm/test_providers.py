@@ -14,7 +14,7 @@ import litellm
 import pytest
 from litellm_testkit import MESSAGES, drain_litellm, wait_stat
 from support.events import event_tuples
-from support.providers import AnthropicServer, OpenAIServer
+from support.providers import OpenAIServer, cached_claude
 
 CUS = "cus_P1"
 META = {"stripe_customer_id": CUS}
@@ -31,13 +31,7 @@ def openai_server() -> Any:
 
 @pytest.fixture(scope="module", params=[False, True], ids=["delta-output", "delta-cumulative"])
 def anthropic_server(request: pytest.FixtureRequest) -> Any:
-    with AnthropicServer(
-        input_tokens=50,
-        output_tokens=30,
-        cache_read_input_tokens=200,
-        cache_creation_input_tokens=300,
-        cumulative_delta=request.param,
-    ) as srv:
+    with cached_claude(cumulative_delta=request.param) as srv:
         yield srv
 
 

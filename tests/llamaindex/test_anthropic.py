@@ -17,31 +17,21 @@ from llama_index.llms.anthropic import Anthropic
 from llamaindex_stripe import instrument
 from support.events import event_tuples
 from support.llama_calls import METHODS, run_llm
-from support.providers import AnthropicServer
+from support.providers import AnthropicServer, cached_claude, cached_claude_events
 
 CUS = "cus_claude"
 MODEL = "anthropic/claude-3.7-sonnet"
 MSGS = [ChatMessage(role="user", content="hello")]
-BASIC = [(CUS, MODEL, "input", 50 + 200 + 300), (CUS, MODEL, "output", 30)]
-DETAILED = [
-    (CUS, MODEL, "cache_write", 300),
-    (CUS, MODEL, "cached_input", 200),
-    (CUS, MODEL, "input", 50),
-    (CUS, MODEL, "output", 30),
-]
+EVENTS = cached_claude_events(CUS, MODEL)
+BASIC, DETAILED = EVENTS["basic"], EVENTS["detailed"]
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["delta-cumulative", "delta-output"])
 def srv(request: pytest.FixtureRequest) -> Iterator[AnthropicServer]:
     """`message_delta` with the cumulative usage, as Anthropic's API streams it; or with
     the output count only (older servers and some gateways)."""
-    with AnthropicServer(
-        model="claude-3-7-sonnet-20250219",
-        input_tokens=50,
-        output_tokens=30,
-        cache_read_input_tokens=200,
-        cache_creation_input_tokens=300,
-        cumulative_delta=request.param,
+    with cached_claude(
+        model="claude-3-7-sonnet-20250219", cumulative_delta=request.param
     ) as server:
         yield server
 

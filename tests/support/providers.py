@@ -331,3 +331,30 @@ class AnthropicServer(_Server):
             yield ev("message_stop", {"type": "message_stop"})
 
         self.send_sse(h, events())
+
+
+def cached_claude(*, cumulative_delta: bool, **kwargs: Any) -> AnthropicServer:
+    """An Anthropic server whose every call reads 200 cached input tokens, writes 300 to the
+    cache, takes 50 more and answers 30 (`cached_claude_events` is what that bills)."""
+    return AnthropicServer(
+        input_tokens=50,
+        output_tokens=30,
+        cache_read_input_tokens=200,
+        cache_creation_input_tokens=300,
+        cumulative_delta=cumulative_delta,
+        **kwargs,
+    )
+
+
+def cached_claude_events(customer: str, model: str) -> dict[str, list[tuple[str, str, str, int]]]:
+    """One `cached_claude` call's events, by `token_types`: all input counts together
+    (50 + 200 + 300) in basic mode, each apart in detailed mode."""
+    return {
+        "basic": [(customer, model, "input", 550), (customer, model, "output", 30)],
+        "detailed": [
+            (customer, model, "cache_write", 300),
+            (customer, model, "cached_input", 200),
+            (customer, model, "input", 50),
+            (customer, model, "output", 30),
+        ],
+    }
