@@ -64,3 +64,15 @@ class InvalidDimension(InvalidUsage):
 
 class ConfigurationError(TokenMeterError, ValueError):
     """`TokenMeter` was given settings that cannot work (e.g. a publishable key)."""
+
+
+class OutboxError(TokenMeterError):
+    """The outbox file cannot be used: corrupt, not an outbox, unwritable, an unknown URL.
+
+    `path` names the file; the message says what was wrong and what to do.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"outbox {path}: {message}")

@@ -1,34 +1,36 @@
-"""`TokenMeter`: the one object users create. `record()` is a hand-off; the worker does the rest.
+"""`TokenMeter`: the one object users create; a facade over intake, worker and outbox.
 
-The caller's thread only reads the customer scope and puts a tuple on a `SimpleQueue`
-(about a microsecond). Validation, customer resolution, model normalisation, event
-building, storage and delivery all happen on the worker thread.
+`record()` appends the raw record to this process's journal (one `os.write`, a couple of
+microseconds) and returns: from then on the call survives any death of the process.
+Validation, customer resolution, model normalisation, event building, storage and
+delivery all happen on the worker thread (`intake.py`, `worker.py`).
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import math
 import os
-import queue
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from .customer import _scope, customer_scope, resolve_customer
+from .customer import _scope, customer_scope
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
-from .errors import ConfigurationError, InvalidDimension, InvalidUsage, MissingCustomer
-from .events import MeterEvent, build_events
-from .outbox import LOCAL, PENDING, Outbox, Row
-from .usage import Usage, check_customer, check_text, check_timestamp
-from .worker import Worker
+from .errors import ConfigurationError
+from .health import Health
+from .intake import Intake, Reader
+from .journal import journal_dir
+from .outbox import Outbox
+from .prepare import Preparer, RawRecord
+from .usage import Usage, check_customer, check_text
+from .worker import WORKER_MODULES, Worker
 
 if TYPE_CHECKING:
     import stripe
@@ -38,16 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stripe_token_meter")
 
 Counts = Literal["disjoint", "openai", "anthropic"]
-Reader = Callable[..., "dict[str, Any] | None"]
-"""`record_later`'s `read`: callback arguments -> `record()` keyword arguments, or None."""
-_Item = tuple[Any, ...]
-"""Queued: `record()`'s 6-tuple, `record_later()`'s 5-tuple, or strict mode's (events,)."""
-
-_CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
-    "disjoint": Usage,
-    "openai": Usage.from_openai,
-    "anthropic": Usage.from_anthropic,
-}
 
 
 def check_api_key(api_key: str) -> None:
@@ -156,7 +148,6 @@ class TokenMeter:
         )
         self.customer_payload_key = check_text("customer_payload_key", customer_payload_key, 100)
         self.value_payload_key = check_text("value_payload_key", value_payload_key, 100)
-        self._reserved = frozenset({"model", "token_type", customer_payload_key, value_payload_key})
         if normalize_models is True:
             self._normalizer: ModelNormalizer = normalize_model
         elif normalize_models is False:
@@ -181,6 +172,10 @@ class TokenMeter:
         self._max_retry_delay = max_retry_delay
         self._retry_base = retry_base_delay
         self.exit_timeout = exit_timeout
+        # What the worker thread imports, imported now on this thread: a fork while the
+        # worker was importing one left the child a half-initialised module for good.
+        for module in WORKER_MODULES:
+            importlib.import_module(module)
         self._setup_process()
         self.closed = False
         ref = weakref.ref(self)
@@ -190,26 +185,28 @@ class TokenMeter:
     # -- process-local state (recreated in a forked child) ---------------------------------
 
     def _setup_process(self) -> None:
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._health = Health()
         self._outbox = Outbox(self._outbox_path)
+        preparer = Preparer(
+            event_name=self.event_name,
+            token_types=self.token_types,
+            normalizer=self._normalizer,
+            default_customer_id=self.default_customer_id,
+            customer_key=self.customer_payload_key,
+            value_key=self.value_payload_key,
+            health=self._health,
+        )
+        self._intake = Intake(
+            self._outbox,
+            preparer,
+            self._health,
+            local=self.local,
+            api=self.api,
+            max_queue=self._max_queue,
+            lease_seconds=self._lease,
+            journal_dir=None if self._write_sync else journal_dir(self._outbox.path),
+        )
         self._state_lock = threading.Lock()
-        self._drain_lock = threading.Lock()
-        self._counters: dict[str, int] = {
-            "recorded": 0,
-            "events": 0,
-            "duplicates": 0,
-            "empty": 0,
-            "invalid": 0,
-            "no_usage": 0,
-            "adapter_errors": 0,
-        }
-        self._last_error: str | None = None
-        self._warned: set[str] = set()
-        self._delivered_in_process = 0
-        self._in_drain = 0
-        """Records taken off the queue by a drain and not yet stored (still "queued")."""
-        self._carry: list[_Item] = []
-        """Records a drain took but could not store (disk full...): stored by the next one."""
         self._worker: Worker | None = None
 
     def _make_transport(self) -> Transport:
@@ -238,8 +235,8 @@ class TokenMeter:
         with self._state_lock:
             if self._worker is None:
                 self._worker = Worker(
-                    self,
-                    self._outbox,
+                    self._intake,
+                    self._health,
                     None if self.local else self._make_transport,
                     lease_seconds=self._lease,
                     max_retry_delay=self._max_retry_delay,
@@ -267,16 +264,27 @@ class TokenMeter:
         Fields are validated on the worker; a bad record is dead-lettered with its reason.
         `fallback_customer_id` (an adapter's own `customer_id`) ranks below the
         `meter.customer()` scope and above the meter's default.
+
+        When it returns, the record is in this process's journal (the OS page cache): it
+        survives SIGTERM, `os._exit` and kill -9 (see README, "Deploying").
         """
         try:
-            item: _Item = (usage, counts, fields, _scope.get(), fallback_customer_id, time.time())
-            if self.strict:
-                item = (self._prepare(item),)
-            self._enqueue(item)
-        except Exception:
+            now = time.time()
+            scoped = _scope.get()
+            if self.strict or self._write_sync or self.closed:
+                raw = RawRecord(usage, counts, fields, scoped, fallback_customer_id, now)
+                if self.strict:
+                    self._intake.preparer.prepare(raw)  # raises InvalidUsage into the caller
+                if self._write_sync or self.closed:
+                    self._intake.write_through(raw)
+                    return
+            self._intake.submit_record(usage, counts, fields, scoped, fallback_customer_id, now)
+            if self._worker is None:
+                self._start_worker()
+        except Exception as exc:
             if self.strict:
                 raise
-            log.exception("stripe-token-meter: record() failed; the call is kept if possible")
+            self._failed("record", exc)
 
     def record_later(self, source: str, read: Reader, /, *args: Any) -> None:
         """For adapters: `record(**read(*args))`, with `read` run on the worker thread.
@@ -284,10 +292,12 @@ class TokenMeter:
         `read` turns what a framework callback handed over into `record()`'s keyword
         arguments (`counts`, `fallback_customer_id` and the fields), or None when there is
         nothing to bill; it may call `report_missing_usage`. So reading and converting a
-        response costs the caller one queue hand-off. The customer scope and the time are
-        taken now, as `record()` takes them. Pass only objects the framework does not change
-        after the callback (e.g. a response's usage dict, not a response object that a
-        cache later rewrites). If `read` raises, the call counts in
+        response costs the caller one journal append. The customer scope and the time are
+        taken now, as `record()` takes them. `read` must be a module-level function or a
+        staticmethod (the journal names it, so another process can run it after a crash;
+        anything else is run at once, on the caller), and `args` plain data the framework
+        does not change after the callback: counts and names, never prompt or completion
+        text, since they are written to the journal. If `read` raises, the call counts in
         `stats()["adapter_errors"]` under `source`. A strict meter runs `read` at once, on
         the caller, so its errors reach the adapter.
         """
@@ -297,226 +307,43 @@ class TokenMeter:
                 self.record(**kwargs)
             return
         try:
-            self._enqueue((source, read, args, _scope.get(), time.time()))
-        except Exception:
-            log.exception("stripe-token-meter: record_later() failed")
+            if (
+                self._write_sync
+                or self.closed
+                or not self._intake.submit_later(source, read, args, _scope.get(), time.time())
+            ):
+                self._read_now(source, read, args)
+                return
+            if self._worker is None:
+                self._start_worker()
+        except Exception as exc:
+            self._failed("record_later", exc)
 
-    def _enqueue(self, item: _Item) -> None:
-        if self._write_sync or self.closed or self._queue.qsize() >= self._max_queue:
-            self._write_through(item)
-        else:
-            self._queue.put(item)
-        if self._worker is None and not self.closed:
-            self._start_worker()
-
-    # -- worker-side work ------------------------------------------------------------------
-
-    def _prepare(self, item: _Item) -> list[MeterEvent]:
-        """Raw record -> meter events (validation, customer, model). Raises InvalidUsage."""
-        usage, counts, fields, scoped, fallback, recorded_at = item
-        if usage is None:
-            ctor = _CONSTRUCTORS.get(counts)
-            if ctor is None:
-                raise InvalidUsage(
-                    "counts", f"must be 'disjoint', 'openai' or 'anthropic', got {counts!r}"
-                )
-            try:
-                usage = ctor(**fields)
-            except TypeError as exc:
-                raise InvalidUsage("fields", f"{exc}; see Usage's fields") from None
-        elif not isinstance(usage, Usage):
-            raise InvalidUsage("usage", f"must be a Usage, got {type(usage).__name__}")
-        elif fields:
-            raise InvalidUsage(
-                "fields",
-                f"a Usage was passed with fields {sorted(fields)} as well: put them on the "
-                "Usage (e.g. Usage(..., customer_id='cus_...')) or pass only the fields",
-            )
-        if usage.dimensions:
-            clash = sorted(self._reserved & usage.dimensions.keys())
-            if clash:
-                raise InvalidDimension(
-                    "dimensions", f"keys {clash} are the meter's own payload keys"
-                )
-        customer = resolve_customer(usage.customer_id, scoped, fallback, self.default_customer_id)
-        if customer is None:
-            raise MissingCustomer(
-                "customer_id",
-                "no customer for this call: pass stripe_customer_id in the call's metadata, use "
-                "`with meter.customer('cus_...')`, or set a handler customer_id/default_customer_id",
-            )
-        if customer is not usage.customer_id and customer is not self.default_customer_id:
-            customer = check_customer("customer_id", customer)  # the others are checked
-        ts = (
-            usage.timestamp
-            if usage.timestamp is not None
-            else check_timestamp("timestamp", recorded_at)
-        )
-        events = build_events(
-            usage,
-            customer_id=customer,
-            request_id=usage.request_id or uuid.uuid4().hex,
-            timestamp=ts,
-            event_name=self.event_name,
-            token_types=self.token_types,
-            normalizer=self._normalizer,
-            customer_key=self.customer_payload_key,
-            value_key=self.value_payload_key,
-        )
-        if not events:
-            self._count("empty")
-        elif not (usage.input_tokens or usage.cached_input_tokens or usage.cache_write_tokens) and (
-            usage.output_tokens or usage.reasoning_tokens
-        ):
-            # A prompt always has tokens: the input count was lost on the way, not zero.
-            self._warn_once(
-                f"no_input:{usage.model}",
-                f"stripe-token-meter: usage for {usage.model} reports output tokens but no "
-                "input tokens; billed as reported. The provider or framework dropped the "
-                "input count (e.g. LangChain's ChatAnthropic streaming from a server whose "
-                "message_delta lacks the cumulative usage Anthropic's API sends)",
-            )
-        return events
-
-    def _events_or_reject(self, item: _Item) -> list[MeterEvent] | None:
-        """A queued item's events ([] if dead-lettered); None if it was not a record."""
-        if len(item) == 1:  # strict mode: prepared on the caller
-            events: list[MeterEvent] = item[0]
-            return events
-        if len(item) == 5:  # from record_later(): read it first
-            read_item = self._read_later(item)
-            if read_item is None:
-                return None
-            item = read_item
-        try:
-            return self._prepare(item)
-        except InvalidUsage as exc:
-            self._reject(exc, item)
-        except Exception as exc:  # e.g. a user normaliser that raised: keep the record
-            self._reject(InvalidUsage("record", f"{type(exc).__name__}: {exc}"), item)
-        return []
-
-    def _read_later(self, item: _Item) -> _Item | None:
-        """A `record_later()` item -> a `record()` item, or None if `read` gave nothing."""
-        source, read, args, scoped, recorded_at = item
+    def _read_now(self, source: str, read: Reader, args: tuple[Any, ...]) -> None:
+        """`record_later` on the caller: a failing `read` is the adapter's error."""
         try:
             kwargs = read(*args)
         except Exception as exc:
             self.report_adapter_error(source, exc)
-            return None
-        if kwargs is None:
-            return None
-        fields = dict(kwargs)
-        counts = fields.pop("counts", "disjoint")
-        fallback = fields.pop("fallback_customer_id", None)
-        return (None, counts, fields, scoped, fallback, recorded_at)
+            return
+        if kwargs is not None:
+            self.record(**kwargs)
 
-    def _reject(self, exc: InvalidUsage, item: _Item) -> None:
-        usage, counts, fields, scoped, fallback, recorded_at = item
-        record = dict(fields)
-        if isinstance(usage, Usage):
-            record.update({k: getattr(usage, k) for k in Usage.__dataclass_fields__})
-        elif usage is not None:
-            record["usage"] = repr(usage)[:200]
-        record.update(
-            counts=counts,
-            scope_customer=scoped,
-            fallback_customer=fallback,
-            recorded_at=recorded_at,
+    def _failed(self, where: str, exc: Exception) -> None:
+        self._health.note_error("record_failed", f"{where}: {type(exc).__name__}: {exc}")
+        self._health.log_every(
+            f"failed:{where}",
+            logging.ERROR,
+            f"stripe-token-meter: {where}() failed; the call may not be billed",
+            exc,
         )
-        self._outbox.reject(exc.code, exc.field, exc.message, record)
-        self._count("invalid")
-        self._warn_once(
-            f"invalid:{exc.code}", f"stripe-token-meter: usage dead-lettered ({exc.code}): {exc}"
-        )
-
-    def _store(self, events: list[MeterEvent], lease_owner: str | None = None) -> list[Row]:
-        """Events into the outbox; leased to `lease_owner` (the worker, to send them next)."""
-        if not events:
-            return []
-        rows: list[Row] = []
-        if lease_owner is not None and not self.local:
-            rows = self._outbox.add_leased(events, lease_owner, self._lease)
-            added = len(rows)
-        else:
-            added = self._outbox.add(events, LOCAL if self.local else PENDING)
-        self._count("events", added)
-        if added < len(events):
-            self._count("duplicates", len(events) - added)
-        return rows
-
-    def _drain_queue(
-        self, limit: int = 500, lease_owner: str | None = None
-    ) -> tuple[int, list[Row]]:
-        """Move queued records into the outbox (one transaction): (records moved, rows leased).
-
-        Holds `_drain_lock` from the first `get` to the commit, so `flush()` can tell
-        "queue empty" apart from "taken off the queue but not yet stored". Batches stay
-        small so a caller writing through (queue full) never waits long for the outbox.
-        With `lease_owner`, the new rows come back already claimed by it. If storing fails
-        (disk full, database locked), the records taken are kept for the next drain.
-        """
-        rows: list[Row] = []
-        get = self._queue.get_nowait
-        with self._drain_lock:
-            taken, self._carry = self._carry, []
-            try:
-                while len(taken) < limit:
-                    self._in_drain = len(taken) + 1  # counted before it leaves the queue
-                    try:
-                        taken.append(get())
-                    except queue.Empty:
-                        break
-                self._in_drain = len(taken)
-                if taken:
-                    events: list[MeterEvent] = []
-                    recorded = 0
-                    for item in taken:
-                        got = self._events_or_reject(item)
-                        if got is not None:
-                            events.extend(got)
-                            recorded += 1
-                    rows = self._store(events, lease_owner)
-                    self._count("recorded", recorded)
-            except BaseException:
-                self._carry = taken  # nothing taken off the queue is lost
-                raise
-            finally:
-                self._in_drain = len(self._carry)
-        return len(taken), rows
-
-    def _write_through(self, item: _Item) -> None:
-        """`durable="sync"`, after close() or past the queue bound: straight to the outbox."""
-        try:
-            events = self._events_or_reject(item)
-            if events is not None:
-                self._store(events)
-        except Exception:
-            self._queue.put(item)  # kept in memory: the next drain stores it
-            raise
-        if events is not None:
-            self._count("recorded")
-        if self._worker is not None:
-            self._worker.wake.set()
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._state_lock:
-            self._counters[name] = self._counters.get(name, 0) + n
-
-    def _note_error(self, code: str, message: str) -> None:
-        self._last_error = f"{code}: {message}"[:500]
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message)
 
     # -- for adapters ----------------------------------------------------------------------
 
     def report_missing_usage(self, source: str, fix: str) -> None:
         """An LLM call finished without token usage: count it, warn once naming the fix."""
-        self._count("no_usage")
-        self._warn_once(
+        self._health.count("no_usage")
+        self._health.warn_once(
             f"no_usage:{source}",
             f"stripe-token-meter: {source} reported no token usage for an LLM call, so nothing "
             f"was billed for it (counted in stats()['no_usage']). Fix: {fix}",
@@ -524,11 +351,7 @@ class TokenMeter:
 
     def report_adapter_error(self, source: str, exc: BaseException) -> None:
         """An adapter failed to translate a callback: count it, log once with the traceback."""
-        self._count("adapter_errors")
-        self._note_error("adapter_error", f"{source}: {type(exc).__name__}: {exc}")
-        if f"adapter:{source}" not in self._warned:
-            self._warned.add(f"adapter:{source}")
-            log.error("stripe-token-meter: %s failed to handle a callback", source, exc_info=exc)
+        self._intake.report_adapter_error(source, exc)
 
     # -- public control --------------------------------------------------------------------
 
@@ -537,25 +360,42 @@ class TokenMeter:
         return customer_scope(customer_id)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything recorded so far is delivered, dead-lettered or in the ledger."""
+        """Wait until everything recorded so far is delivered, dead-lettered or in the ledger.
+
+        "Recorded so far" includes the journals of processes that have exited (forked or
+        multiprocessing children, a previous deploy killed by SIGTERM): they are moved into
+        the outbox first, on this thread.
+        """
         deadline = time.monotonic() + timeout
+        intake = self._intake
+        try:
+            intake.recover_orphans()
+        except Exception as exc:
+            self._failed("flush", exc)
         worker = self._worker
-        if worker is None and not self.closed and self._outbox.has_pending():
+        if worker is None and not self.closed and self._has_pending():
             worker = self._start_worker()  # e.g. a fresh process draining a crashed one's rows
         while True:
             if worker is not None and worker.alive:
-                worker.wake.set()
+                worker.nudge()
             else:
-                self._drain_queue(limit=10**9)
-            if self._queue.empty() and not self._carry:
-                with self._drain_lock:  # wait out a drain that took items but has not stored them
-                    # ... and look again: a drain that failed to store carries them over
-                    settled = self._queue.empty() and not self._carry
-                if settled and (self.local or not self._outbox.has_pending()):
-                    return True
+                try:
+                    intake.drain(limit=10**9)
+                except Exception as exc:
+                    self._failed("flush", exc)
+            settled = intake.backlog() == 0 and intake.settled()
+            if settled and (self.local or not self._has_pending()):
+                return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
+
+    def _has_pending(self) -> bool:
+        try:
+            return self._outbox.has_pending()
+        except Exception as exc:
+            self._health.note_error("outbox_error", repr(exc))
+            return True
 
     async def aflush(self, timeout: float = 10.0) -> bool:
         """`flush()` without blocking the event loop (runs in a worker thread)."""
@@ -564,48 +404,70 @@ class TokenMeter:
     def stats(self) -> dict[str, Any]:
         """Counters for this process plus the outbox's state (shared across processes).
 
-        `delivered` counts the delivered rows the outbox still keeps (`retain_delivered`,
-        35 days by default), not every event ever delivered.
+        Never raises: if the outbox cannot be read its counts are None and `last_error`
+        says why. `delivered` counts the delivered rows the outbox still keeps
+        (`retain_delivered`, 35 days by default), not every event ever delivered.
+        `dropped` counts records refused because neither the journal nor memory
+        (`max_queue`) could take them; `worker_restarts` the times the worker crashed and
+        was started again.
         """
-        counts = self._outbox.counts()
-        with self._state_lock:
-            c = dict(self._counters)
+        counts: dict[str, int | None]
+        try:
+            counts = dict(self._outbox.counts())
+        except Exception as exc:
+            self._health.note_error("outbox_error", f"{type(exc).__name__}: {exc}")
+            counts = dict.fromkeys(
+                ("pending", "retrying", "delivered", "local", "dead", "rejected", "cancelled")
+            )
+        c = self._health.snapshot()
         worker = self._worker
+        dead, rejected = counts["dead"], counts["rejected"]
         return {
-            "queued": self._queue.qsize() + self._in_drain,
+            "queued": self._intake.backlog(),
             "recorded": c["recorded"],
             "events": c["events"],
             "pending": counts["pending"],
             "retrying": counts["retrying"],
             "delivered": counts["delivered"],
             "local": counts["local"],
-            "dead_lettered": counts["dead"] + counts["rejected"],
-            "dead_events": counts["dead"],
-            "invalid": counts["rejected"],
+            "dead_lettered": None if dead is None or rejected is None else dead + rejected,
+            "dead_events": dead,
+            "invalid": rejected,
             "cancelled": counts["cancelled"],
             "duplicates": c["duplicates"],
             "empty": c["empty"],
             "no_usage": c["no_usage"],
             "adapter_errors": c["adapter_errors"],
-            "paused": bool(worker and worker.hold_until > time.time()),
-            "last_error": self._last_error,
+            "dropped": c["dropped"],
+            "not_journaled": c["not_journaled"],
+            "worker_restarts": c["worker_restarts"],
+            "recovered": c["journals_recovered"],
+            "paused": bool(worker and worker.paused),
+            "last_error": self._health.last_error,
             "mode": "local" if self.local else self.api,
             "outbox": self._outbox.path,
         }
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the worker: queued records go to the outbox, delivery is tried up to `timeout`."""
+        """Stop the worker: journaled records go to the outbox, delivery is tried up to `timeout`."""
         if self.closed:
             return
         self.closed = True
         wait = self.exit_timeout if timeout is None else timeout
         worker = self._worker
         if worker is not None and worker.alive:
-            worker.deadline = time.monotonic() + wait
-            worker.stop_requested.set()
-            worker.wake.set()
+            worker.stop(time.monotonic() + wait)
             worker.join(wait + 1.0)
-        self._drain_queue(limit=10**9)  # anything the worker did not take is kept
+        try:
+            self._intake.close()  # anything the worker did not take is kept
+        except Exception as exc:
+            self._health.log_every(
+                "close",
+                logging.ERROR,
+                "stripe-token-meter: could not move the journal into the outbox at close; it "
+                "stays on disk and the next meter on this outbox takes it",
+                exc,
+            )
 
     def __enter__(self) -> TokenMeter:
         return self
@@ -626,5 +488,9 @@ def _close_at_exit(ref: weakref.ReferenceType[TokenMeter]) -> None:
 def _after_fork(ref: weakref.ReferenceType[TokenMeter]) -> None:
     meter = ref()
     if meter is not None:
-        # The parent's thread, queue and SQLite connection do not survive fork: start fresh.
+        # The parent's thread, journal and SQLite connection are the parent's: start fresh
+        # (our copies of its journal descriptors are closed; the parent keeps its lock).
+        journal = meter._intake.journal
+        if journal is not None:
+            journal.forget_in_child()
         meter._setup_process()

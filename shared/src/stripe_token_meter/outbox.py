@@ -7,6 +7,7 @@ identifier dedup plus our own UNIQUE identifier make a second send harmless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .errors import OutboxError
 from .events import MeterEvent
 from .retry import DEDUP_WINDOW
 
@@ -69,6 +71,7 @@ CREATE TABLE IF NOT EXISTS adjustments (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
 _ADDED_COLUMNS: Final = (("events", "unconfirmed"), ("rejected", "resolved"))
 """Columns later versions added (all REAL, NULL by default): added to older files on open."""
@@ -138,8 +141,25 @@ def _chunk(remaining: int, most: int) -> int:
     return 1 << (remaining.bit_length() - 1)
 
 
+Reject = tuple[str, str, str, dict[str, Any]]
+"""A usage record that could not become events: (code, field, message, record)."""
+Progress = tuple[str, int]
+"""How far a journal segment is in the outbox: (segment name, byte offset)."""
+_REJECT_SQL: Final = (
+    "INSERT INTO rejected (created, code, field, message, record) VALUES (?,?,?,?,?)"
+)
+_PROGRESS_SQL: Final = "INSERT OR REPLACE INTO journal (segment, offset) VALUES (?,?)"
+_EVENT_COLUMNS: Final = frozenset(
+    {"identifier", "event_name", "customer_id", "value", "payload", "status", "lease_until"}
+)
+"""Columns any outbox version has: a file whose `events` lacks them is someone else's."""
+
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 """`json.dumps(separators=...)` builds a new encoder per call: 0.8 us of 2.4 per event."""
+
+
+def _record_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=repr, sort_keys=True)
 
 
 def default_outbox_path() -> Path:
@@ -184,6 +204,64 @@ def _replayable(code: str | None) -> tuple[str, tuple[str, ...]]:
     return "status='dead' AND error_code=?", (code,)
 
 
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """`_ADDED_COLUMNS` an older file lacks (none of a table the file does not have)."""
+    missing = []
+    for table, column in _ADDED_COLUMNS:
+        columns = {r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")}
+        if columns and column not in columns:
+            missing.append((table, column))
+    return missing
+
+
+def check_outbox_path(path: str | os.PathLike[str]) -> str:
+    """A file path (or `:memory:`); a URL names a backend this version does not have."""
+    text = os.fspath(path)
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme and scheme.replace("+", "").isalnum():
+        raise OutboxError(
+            text.split("@")[-1] if "@" in text else text,
+            f"'{scheme}://' outboxes are not supported by this version; give a file path "
+            "(a SQLite file is created there) or leave it unset for the per-user default",
+        )
+    return text
+
+
+def _create_private(path: str) -> None:
+    """Create the file 0600 (its directory 0700) before SQLite does: it holds customer ids
+    and usage. SQLite gives its -wal and -shm files the database file's permissions."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _outbox_error(path: str, exc: sqlite3.Error, readonly: bool) -> OutboxError:
+    """A raw SQLite failure on open -> what it means for this file and what to do."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        why = (
+            "is not a SQLite database (corrupt, or some other file): move it aside; a new "
+            "outbox is created at the path (events still in the old file are not sent)"
+        )
+    elif "readonly" in text or "unable to open" in text:
+        why = (
+            f"cannot be {'opened' if readonly else 'opened for writing'} ({text}): check the "
+            "file's and its directory's permissions, or choose another path"
+        )
+    elif "malformed" in text:
+        why = (
+            f"is damaged ({text}): copy it aside and try `sqlite3 FILE .recover`; a new "
+            "outbox is created if you move it away"
+        )
+    else:
+        why = f"cannot be used: {type(exc).__name__}: {text}"
+    return OutboxError(path, why)
+
+
 class Outbox:
     """Thread-safe access to one outbox file (one connection, one lock)."""
 
@@ -192,55 +270,138 @@ class Outbox:
     ) -> None:
         if path is None:
             path = default_outbox_path()
-        self.path = str(path)
+        self.path = check_outbox_path(path)
+        self._readonly = readonly
         self._lock = threading.Lock()
         self._expired = 0  # see take_expired()
-        if readonly:
+        try:
+            self._conn = self._connect()
+        except sqlite3.Error as exc:
+            raise _outbox_error(self.path, exc, readonly) from None
+        self._inode = self._file_inode()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._readonly:
             # Reports must not create or change the file (nor need write permission).
             uri = Path(self.path).resolve().as_uri() + "?mode=ro"
-            self._conn = sqlite3.connect(
+            conn = sqlite3.connect(
                 uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA busy_timeout=30000")
-            for table, column in self._missing_columns():  # an older file, left as it is:
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._check_foreign(conn)
+            for table, column in _missing_columns(conn):  # an older file, left as it is:
                 # a temp view of the same name (searched first) adds the column as NULL
-                self._conn.execute(
+                conn.execute(
                     f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS {column} FROM main.{table}"
                 )
-            return
+            return conn
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
+            _create_private(self.path)
+        conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA busy_timeout=30000")
         if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         limit = 999  # SQLite's oldest limit on variables per statement
-        getlimit = getattr(self._conn, "getlimit", None)  # Python 3.11+
+        getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
         which = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
         if getlimit is not None and which is not None:
             limit = int(getlimit(which))
         self._rows_per_insert = max(1, min(500, limit // _N_COLUMNS))
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-            for table, column in self._missing_columns():  # a file from before them
-                try:
-                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):  # not another process's doing
-                        raise
+        self._check_foreign(conn)
+        conn.executescript(_SCHEMA)
+        for table, column in _missing_columns(conn):  # a file from before them
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # not another process's doing
+                    raise
+        return conn
 
-    def _missing_columns(self) -> list[tuple[str, str]]:
-        """`_ADDED_COLUMNS` an older file lacks (none of a table the file does not have)."""
-        missing = []
-        for table, column in _ADDED_COLUMNS:
-            columns = {r[1] for r in self._conn.execute(f"PRAGMA main.table_info({table})")}
-            if columns and column not in columns:
-                missing.append((table, column))
-        return missing
+    def _check_foreign(self, conn: sqlite3.Connection) -> None:
+        """Refuse a SQLite file some other program owns rather than write into it."""
+        columns = {r[1] for r in conn.execute("PRAGMA main.table_info(events)")}
+        if columns and not columns >= _EVENT_COLUMNS:
+            raise OutboxError(
+                self.path,
+                "this SQLite file has an 'events' table that is not a stripe-token-meter "
+                "outbox's; point TokenMeter(outbox_path=...) or STRIPE_TOKEN_METER_OUTBOX at "
+                "a file of its own",
+            )
+
+    def _file_inode(self) -> int | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            return os.stat(self.path).st_ino
+        except OSError:
+            return None
+
+    def replaced(self) -> bool:
+        """Whether the file at our path was deleted or replaced since we opened it."""
+        if self._inode is None:
+            return False
+        return self._file_inode() != self._inode
+
+    def recreate(self) -> int:
+        """After `replaced()`: put everything this connection still holds (it keeps the
+        deleted file open) back at the path, and use that file from now on. Returns the
+        rows still waiting (pending and dead) that were saved."""
+        with self._lock:
+            (waiting,) = self._conn.execute(
+                "SELECT COUNT(*) FROM events WHERE status IN ('pending', 'dead')"
+            ).fetchone()
+            copy = f"{self.path}.saved-{os.getpid()}"
+            self._conn.execute("VACUUM INTO ?", (copy,))  # the deleted file, whole
+            os.chmod(copy, 0o600)
+            self._conn.close()
+            self._conn = self._connect()  # a new file at the path (or one made meanwhile)
+            try:
+                self._merge_from(copy)
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(copy + suffix)
+            self._inode = self._file_inode()
+        return int(waiting)
+
+    def _merge_from(self, copy: str) -> None:
+        """Every row of the outbox file `copy` into ours (under the lock): events by their
+        unique identifier, rejected records, journal progress (the furthest offset)."""
+        columns = ", ".join(
+            r[1] for r in self._conn.execute("PRAGMA main.table_info(events)") if r[1] != "id"
+        )
+        rejected = ", ".join(
+            r[1] for r in self._conn.execute("PRAGMA main.table_info(rejected)") if r[1] != "id"
+        )
+        self._conn.execute("ATTACH DATABASE ? AS saved", (copy,))
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    f"INSERT OR IGNORE INTO main.events ({columns})"
+                    f" SELECT {columns} FROM saved.events ORDER BY id"
+                )
+                self._conn.execute(
+                    f"INSERT INTO main.rejected ({rejected}) SELECT {rejected} FROM saved.rejected"
+                )
+                self._conn.execute(
+                    "INSERT INTO main.journal (segment, offset) SELECT segment, offset"
+                    " FROM saved.journal WHERE true ON CONFLICT(segment)"
+                    " DO UPDATE SET offset=MAX(offset, excluded.offset)"
+                )
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO main.meta (key, value) SELECT key, value FROM saved.meta"
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            self._conn.execute("DETACH DATABASE saved")
 
     def _rollback(self) -> None:
         """Roll back if a transaction is still open: SQLite already rolled back on some
@@ -269,8 +430,43 @@ class Outbox:
         """
         return self._insert(events, PENDING, owner, time.time() + lease_seconds)[1]
 
+    def ingest(
+        self,
+        events: Sequence[MeterEvent],
+        rejects: Sequence[Reject],
+        progress: Sequence[Progress],
+        *,
+        status: str = PENDING,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> tuple[int, list[Row]]:
+        """Events, rejected records and how far each journal segment was read, in one
+        transaction: a crash either keeps all of it or none, so a journal is never read
+        into the outbox twice. (rows added, those rows leased to `owner` if given)."""
+        lease_until = time.time() + lease_seconds if owner is not None else 0.0
+        return self._insert(events, status, owner, lease_until, rejects, progress)
+
+    def journal_offset(self, segment: str) -> int:
+        """How far `segment` is already in the outbox (0 if never read)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT offset FROM journal WHERE segment=?", (segment,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def forget_journal(self, segment: str) -> None:
+        """A segment that is all in and deleted: its progress row is not needed."""
+        with self._lock:
+            self._conn.execute("DELETE FROM journal WHERE segment=?", (segment,))
+
     def _insert(
-        self, events: Iterable[MeterEvent], status: str, owner: str | None, lease_until: float
+        self,
+        events: Iterable[MeterEvent],
+        status: str,
+        owner: str | None,
+        lease_until: float,
+        rejects: Sequence[Reject] = (),
+        progress: Sequence[Progress] = (),
     ) -> tuple[int, list[Row]]:
         """(rows added, and with an `owner` those rows as claimed by it)."""
         now = time.time()
@@ -293,7 +489,7 @@ class Outbox:
             )
             for e in batch
         ]
-        if not rows:
+        if not rows and not rejects and not progress:
             return 0, []
         added: list[tuple[int, str]] = []
         with self._lock:
@@ -317,11 +513,17 @@ class Outbox:
                     added = self._conn.execute(
                         "SELECT id, identifier FROM events WHERE id>? ORDER BY id", (last,)
                     ).fetchall()
+                if rejects:
+                    self._conn.executemany(
+                        _REJECT_SQL, [(now, c, f, m, _record_json(r)) for c, f, m, r in rejects]
+                    )
+                if progress:
+                    self._conn.executemany(_PROGRESS_SQL, progress)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-        if owner is None:
+        if owner is None or not rows:
             return count, []
         if count == len(rows):
             # Nothing ignored: each insert took the next id (max + 1), in order.
@@ -335,14 +537,7 @@ class Outbox:
         """Keep a usage record that could not become events (dead letter with its reason)."""
         with self._lock:
             self._conn.execute(
-                "INSERT INTO rejected (created, code, field, message, record) VALUES (?,?,?,?,?)",
-                (
-                    time.time(),
-                    code,
-                    field,
-                    message,
-                    json.dumps(record, default=repr, sort_keys=True),
-                ),
+                _REJECT_SQL, (time.time(), code, field, message, _record_json(record))
             )
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Row]:

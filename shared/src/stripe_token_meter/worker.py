@@ -19,20 +19,37 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from .outbox import PRUNE_LIMIT, UNCONFIRMED_CODE, UNCONFIRMED_LIMIT, Outbox, Row
+from .health import Health
+from .intake import Intake
+from .outbox import PRUNE_LIMIT, UNCONFIRMED_CODE, UNCONFIRMED_LIMIT, Row
 from .retry import Outcome, Verdict, backoff
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from .meter import TokenMeter
     from .transport import Transport
 
 log = logging.getLogger("stripe_token_meter")
+
+WORKER_MODULES: Final = (
+    "anyio._backends._asyncio",
+    "anyio._core._eventloop",
+    "anyio.to_thread",
+    "anyio.streams.memory",
+)
+"""Imported by the worker's event loop: the meter imports them first, on its own thread."""
+RESTART_BASE: Final = 0.5
+RESTART_CAP: Final = 30.0
+"""A crashed worker starts again after 0.5 s, doubling up to 30 s while it keeps crashing."""
+ORPHAN_SCAN: Final = 5.0
+"""Journals of exited processes (fork children, an earlier deploy) are looked for at
+start and then at most this many seconds apart (and by every `flush()`)."""
+REPLACED_CHECK: Final = 1.0
+"""How often the worker checks that the outbox file is still the one it opened."""
 
 IDLE_POLL = 0.02
 READY_LIMIT = 2000
@@ -40,7 +57,7 @@ READY_LIMIT = 2000
 wait half their lease (slow sends), they are given back, so no other process takes a row
 we still hold. A larger limit measured no faster: past it, rows are claimed as usual."""
 DRAIN_LIMIT = 500
-"""Records stored per outbox transaction (see `TokenMeter._drain_queue`)."""
+"""Records stored per outbox transaction (see `Intake.drain`)."""
 FLUSH_INTERVAL = 0.2
 """Records wait in memory at most this long (the kill -9 window), unless flush() wakes us."""
 WAKE_AT_QUEUED = 1000
@@ -61,8 +78,8 @@ class Worker:
 
     def __init__(
         self,
-        meter: TokenMeter,
-        outbox: Outbox,
+        intake: Intake,
+        health: Health,
         make_transport: Callable[[], Transport] | None,
         *,
         lease_seconds: float = 30.0,
@@ -70,8 +87,9 @@ class Worker:
         retry_base_delay: float = 0.5,
         retain_delivered: float = 35 * 86400,
     ) -> None:
-        self._meter = meter
-        self._outbox = outbox
+        self._intake = intake
+        self._health = health
+        self._outbox = intake.outbox
         self._make_transport = make_transport
         self._lease = lease_seconds
         self._max_delay = max_retry_delay
@@ -99,6 +117,8 @@ class Worker:
         """Seconds delivered rows are kept (`math.inf`: never pruned)."""
         self._prune_every = PRUNE_INTERVAL
         self._next_prune = time.monotonic() + PRUNE_FIRST
+        self._next_orphans = 0.0
+        self._next_replaced = time.monotonic() + REPLACED_CHECK
         self._progress: anyio.Event
         self._thread = threading.Thread(
             target=self._run_thread, name="stripe-token-meter", daemon=True
@@ -115,12 +135,41 @@ class Worker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def paused(self) -> bool:
+        return self.hold_until > time.time()
+
+    def nudge(self) -> None:
+        """Work is waiting (`flush()`): run a turn now instead of on the timer."""
+        self.wake.set()
+
+    def stop(self, deadline: float) -> None:
+        """Store everything, deliver until `deadline` (monotonic), then end."""
+        self.deadline = deadline
+        self.stop_requested.set()
+        self.wake.set()
+
     def _run_thread(self) -> None:
-        try:
-            anyio.run(self._main)
-        except BaseException as exc:  # the thread must never die silently
-            log.exception("stripe-token-meter worker stopped: %s", exc)
-            self._meter._note_error("worker_crashed", repr(exc))
+        """Runs the loop; if it crashes, runs it again after a backoff (counted, logged
+        once a minute), so records keep moving into the outbox whatever went wrong."""
+        crashes = 0
+        while True:
+            try:
+                anyio.run(self._main)
+                return
+            except BaseException as exc:  # the thread must never die silently
+                crashes += 1
+                self._health.count("worker_restarts")
+                self._health.note_error("worker_crashed", repr(exc))
+                self._health.log_every(
+                    "worker_crashed",
+                    logging.ERROR,
+                    f"stripe-token-meter: the delivery worker crashed ({exc!r}); it restarts "
+                    "with backoff and records stay in the journal and outbox meanwhile",
+                    exc,
+                )
+            if self.stop_requested.wait(backoff(crashes - 1, base=RESTART_BASE, cap=RESTART_CAP)):
+                return  # closing: close() moves what is left into the outbox itself
 
     async def _main(self) -> None:
         self._progress = anyio.Event()
@@ -180,8 +229,14 @@ class Worker:
                 )
             except Exception as exc:  # e.g. disk full, database locked: keep going
                 self._done[:0] = done  # answers not yet applied: apply them next turn
-                log.exception("stripe-token-meter: delivery turn failed; retrying in 1 s")
-                self._meter._note_error("worker_error", repr(exc))
+                self._health.note_error("worker_error", repr(exc))
+                self._health.log_every(
+                    f"turn:{type(exc).__name__}",
+                    logging.ERROR,
+                    "stripe-token-meter: delivery turn failed; retrying every second (events "
+                    "stay in the journal and the outbox)",
+                    exc,
+                )
                 await anyio.sleep(1.0)
                 continue
             if to_send is not None:
@@ -243,8 +298,9 @@ class Worker:
         """Outbox work of one turn: (records stored, batches for senders, nothing left here)."""
         now = time.monotonic()
         moved = 0
-        q = self._meter._queue
-        if now >= self._next_store or self.wake.is_set() or q.qsize() >= WAKE_AT_QUEUED:
+        self._housekeeping(now)
+        intake = self._intake
+        if now >= self._next_store or self.wake.is_set() or intake.backlog() >= WAKE_AT_QUEUED:
             self.wake.clear()
             # Fresh rows go straight to the senders, leased as they are stored, while
             # there is room; otherwise they wait in the outbox to be claimed.
@@ -254,7 +310,7 @@ class Worker:
                 and now < self.deadline
                 and time.time() >= self.hold_until
             )
-            moved, rows = self._meter._drain_queue(DRAIN_LIMIT, self.owner if send_now else None)
+            moved, rows = intake.drain(DRAIN_LIMIT, self.owner if send_now else None)
             if rows:
                 if not self._ready:
                     self._ready_since = now
@@ -274,6 +330,25 @@ class Worker:
             else False
         )
         return moved, batches, settled
+
+    def _housekeeping(self, now: float) -> None:
+        """Journals of exited processes into the outbox; a deleted outbox file recreated."""
+        if now >= self._next_replaced:
+            self._next_replaced = now + REPLACED_CHECK
+            if self._outbox.replaced():
+                kept = self._outbox.recreate()
+                message = (
+                    f"the outbox file {self._outbox.path} was deleted or replaced while in use; "
+                    f"it was written again with the {kept} events still waiting"
+                )
+                self._health.note_error("outbox_replaced", message)
+                self._health.log_every(
+                    "replaced", logging.WARNING, "stripe-token-meter: " + message
+                )
+        if now >= self._next_orphans and not self.stop_requested.is_set():
+            self._next_orphans = now + ORPHAN_SCAN
+            if self._intake.recover_orphans():
+                self._next_claim = 0.0
 
     def _take(
         self, transport: Transport, free: int, now: float, force: bool
@@ -316,7 +391,7 @@ class Worker:
                 "`stripe-token-meter status`"
             )
             log.warning("stripe-token-meter: %s", message)
-            self._meter._note_error(UNCONFIRMED_CODE, message)
+            self._health.note_error(UNCONFIRMED_CODE, message)
 
     def _release_ready(self) -> None:
         if self._ready:
@@ -345,9 +420,9 @@ class Worker:
         until = self._next_store
         if self._next_claim > time.monotonic():
             until = min(until, self._next_claim)
-        q = self._meter._queue
+        intake = self._intake
         while not self._done and time.monotonic() < until:
-            if self.wake.is_set() or q.qsize() >= WAKE_AT_QUEUED:
+            if self.wake.is_set() or intake.backlog() >= WAKE_AT_QUEUED:
                 break
             with anyio.move_on_after(IDLE_POLL):
                 await self._progress.wait()
@@ -398,10 +473,10 @@ class Worker:
         self._outbox.mark_dead(dead)
         for (delay, code, message, maybe_sent), ids in retry.items():
             self._outbox.mark_retry(ids, delay, code, message, maybe_sent=maybe_sent)
-            self._meter._note_error(code, message)
+            self._health.note_error(code, message)
         if dead:
             _, code, message = dead[-1]
-            self._meter._note_error(code, message)
+            self._health.note_error(code, message)
         if paused:
             self._outbox.release(paused, AUTH_PAUSE)
             self.hold_until = time.time() + AUTH_PAUSE
@@ -415,5 +490,5 @@ class Worker:
                 AUTH_PAUSE,
                 len(paused),
             )
-            self._meter._note_error(first.code, first.message)
-        self._meter._delivered_in_process += len(delivered)
+            self._health.note_error(first.code, first.message)
+        self._health.delivered += len(delivered)

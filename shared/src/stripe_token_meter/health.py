@@ -1,0 +1,79 @@
+"""`Health`: one process's counters, last error and rate-limited log lines.
+
+The intake and the worker report here; `TokenMeter.stats()` reads it. Nothing in it
+does I/O beyond logging, so any layer may use it without reaching into another's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Final
+
+log = logging.getLogger("stripe_token_meter")
+
+LOG_EVERY: Final = 60.0
+"""A repeating condition (disk full, a failing turn) is logged at most once a minute."""
+
+COUNTERS: Final = (
+    "recorded",
+    "events",
+    "duplicates",
+    "empty",
+    "invalid",
+    "no_usage",
+    "adapter_errors",
+    "dropped",
+    "not_journaled",
+    "worker_restarts",
+    "journals_recovered",
+)
+
+
+class Health:
+    """Counters (thread-safe), the last error, and log lines limited per condition."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.last_error: str | None = None
+        self.delivered = 0
+        """Events this process saw Stripe accept (the worker's own count)."""
+        self._warned: set[str] = set()
+        self._logged: dict[str, float] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counters)
+
+    def note_error(self, code: str, message: str) -> None:
+        self.last_error = f"{code}: {message}"[:500]
+
+    def warn_once(self, key: str, message: str) -> None:
+        """A warning logged the first time `key` comes up in this process."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def error_once(self, key: str, message: str, exc: BaseException | None = None) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.error(message, exc_info=exc)
+
+    def log_every(
+        self, key: str, level: int, message: str, exc: BaseException | None = None
+    ) -> bool:
+        """Log `message` unless `key` was logged less than `LOG_EVERY` seconds ago."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._logged.get(key)
+            if last is not None and now - last < LOG_EVERY:
+                return False
+            self._logged[key] = now
+        log.log(level, message, exc_info=exc)
+        return True

@@ -1,0 +1,161 @@
+"""Raw records -> meter events: validation, customer resolution, model normalisation.
+
+Runs on the worker (or on the caller for `strict=True` and `durable="sync"`). The raw
+record is what `record()` took, unchanged, so a record read back from the journal by
+another process is prepared exactly as its own process would have.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .customer import resolve_customer
+from .dimensions import ModelNormalizer, TokenTypes
+from .errors import InvalidDimension, InvalidUsage, MissingCustomer
+from .events import MeterEvent, build_events
+from .health import Health
+from .outbox import Reject
+from .usage import Usage, check_customer, check_timestamp
+
+_CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
+    "disjoint": Usage,
+    "openai": Usage.from_openai,
+    "anthropic": Usage.from_anthropic,
+}
+USAGE_FIELDS: tuple[str, ...] = tuple(Usage.__dataclass_fields__)
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """What `record()` was given, and the scope and time it was given at."""
+
+    usage: Any
+    """A `Usage`, None (the fields describe it), or anything else (rejected)."""
+    counts: str
+    fields: dict[str, Any]
+    scoped: str | None
+    fallback: str | None
+    recorded_at: float
+    request_id: str | None = None
+    """An identifier for a record that names none: derived from its journal position, so
+    reading the same frame twice gives the same events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Preparer:
+    """The meter's settings that shape events, applied to raw records."""
+
+    event_name: str
+    token_types: TokenTypes
+    normalizer: ModelNormalizer
+    default_customer_id: str | None
+    customer_key: str
+    value_key: str
+    health: Health
+
+    @property
+    def reserved(self) -> frozenset[str]:
+        return frozenset({"model", "token_type", self.customer_key, self.value_key})
+
+    def prepare(self, raw: RawRecord) -> list[MeterEvent]:
+        """Raw record -> meter events. Raises InvalidUsage naming the field and the rule."""
+        usage = raw.usage
+        if usage is None:
+            ctor = _CONSTRUCTORS.get(raw.counts)
+            if ctor is None:
+                raise InvalidUsage(
+                    "counts", f"must be 'disjoint', 'openai' or 'anthropic', got {raw.counts!r}"
+                )
+            try:
+                usage = ctor(**raw.fields)
+            except TypeError as exc:
+                raise InvalidUsage("fields", f"{exc}; see Usage's fields") from None
+        elif not isinstance(usage, Usage):
+            raise InvalidUsage("usage", f"must be a Usage, got {type(usage).__name__}")
+        elif raw.fields:
+            raise InvalidUsage(
+                "fields",
+                f"a Usage was passed with fields {sorted(raw.fields)} as well: put them on the "
+                "Usage (e.g. Usage(..., customer_id='cus_...')) or pass only the fields",
+            )
+        if usage.dimensions:
+            clash = sorted(self.reserved & usage.dimensions.keys())
+            if clash:
+                raise InvalidDimension(
+                    "dimensions", f"keys {clash} are the meter's own payload keys"
+                )
+        default = self.default_customer_id
+        customer = resolve_customer(usage.customer_id, raw.scoped, raw.fallback, default)
+        if customer is None:
+            raise MissingCustomer(
+                "customer_id",
+                "no customer for this call: pass stripe_customer_id in the call's metadata, use "
+                "`with meter.customer('cus_...')`, or set a handler customer_id/default_customer_id",
+            )
+        if customer is not usage.customer_id and customer is not default:
+            customer = check_customer("customer_id", customer)  # the others are checked
+        ts = (
+            usage.timestamp
+            if usage.timestamp is not None
+            else check_timestamp("timestamp", raw.recorded_at)
+        )
+        events = build_events(
+            usage,
+            customer_id=customer,
+            request_id=usage.request_id or raw.request_id or uuid.uuid4().hex,
+            timestamp=ts,
+            event_name=self.event_name,
+            token_types=self.token_types,
+            normalizer=self.normalizer,
+            customer_key=self.customer_key,
+            value_key=self.value_key,
+        )
+        if not events:
+            self.health.count("empty")
+        elif not (usage.input_tokens or usage.cached_input_tokens or usage.cache_write_tokens) and (
+            usage.output_tokens or usage.reasoning_tokens
+        ):
+            # A prompt always has tokens: the input count was lost on the way, not zero.
+            self.health.warn_once(
+                f"no_input:{usage.model}",
+                f"stripe-token-meter: usage for {usage.model} reports output tokens but no "
+                "input tokens; billed as reported. The provider or framework dropped the "
+                "input count (e.g. LangChain's ChatAnthropic streaming from a server whose "
+                "message_delta lacks the cumulative usage Anthropic's API sends)",
+            )
+        return events
+
+    def events_or_reject(self, raw: RawRecord, rejects: list[Reject]) -> list[MeterEvent]:
+        """`prepare`, or [] with the record appended to `rejects` (kept, never dropped)."""
+        try:
+            return self.prepare(raw)
+        except InvalidUsage as exc:
+            rejects.append(self.rejected(exc, raw))
+        except Exception as exc:  # e.g. a user normaliser that raised: keep the record
+            rejects.append(
+                self.rejected(InvalidUsage("record", f"{type(exc).__name__}: {exc}"), raw)
+            )
+        return []
+
+    def rejected(self, exc: InvalidUsage, raw: RawRecord) -> Reject:
+        """The dead-letter row for a record that could not become events."""
+        record = dict(raw.fields)
+        usage = raw.usage
+        if isinstance(usage, Usage):
+            record.update({k: getattr(usage, k) for k in USAGE_FIELDS})
+        elif usage is not None:
+            record["usage"] = repr(usage)[:200]
+        record.update(
+            counts=raw.counts,
+            scope_customer=raw.scoped,
+            fallback_customer=raw.fallback,
+            recorded_at=raw.recorded_at,
+        )
+        self.health.count("invalid")
+        self.health.warn_once(
+            f"invalid:{exc.code}", f"stripe-token-meter: usage dead-lettered ({exc.code}): {exc}"
+        )
+        return (exc.code, exc.field, exc.message, record)
