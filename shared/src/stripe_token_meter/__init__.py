@@ -17,6 +17,7 @@ from .errors import (
     InvalidTokenCount,
     InvalidUsage,
     MissingCustomer,
+    OutboxError,
     TokenMeterError,
 )
 from .events import MeterEvent, build_events, make_identifier
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidUsage",
     "MeterEvent",
     "MissingCustomer",
+    "OutboxError",
     "TokenMeter",
     "TokenMeterError",
     "Usage",

@@ -193,7 +193,7 @@ class Intake:
 
     def _hold(self, item: Item) -> None:
         """Keep a record in memory (journal unavailable), within `max_queue`."""
-        if self._queue.qsize() >= self._max_queue:
+        if self._queue.qsize() + self._in_drain >= self._max_queue:  # carried ones too
             self.health.count("dropped")
             self.health.note_error(
                 "dropped", f"max_queue={self._max_queue} records waiting in memory"

@@ -278,6 +278,12 @@ class Outbox:
             self._conn = self._connect()
         except sqlite3.Error as exc:
             raise _outbox_error(self.path, exc, readonly) from None
+        except OSError as exc:  # its directory cannot be made or the file created
+            raise OutboxError(
+                self.path,
+                f"cannot be created ({exc.strerror or exc}): check the directory's permissions "
+                "or choose another path (TokenMeter(outbox_path=...), STRIPE_TOKEN_METER_OUTBOX)",
+            ) from None
         self._inode = self._file_inode()
 
     def _connect(self) -> sqlite3.Connection:

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ..errors import OutboxError
 from ..outbox import Outbox
 from ._config import Config
 from ._errors import CliError
@@ -33,7 +34,7 @@ def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False)
     try:
         outbox = Outbox(path, readonly=readonly)
         outbox.query("SELECT COUNT(*) FROM events LIMIT 1")
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, OutboxError) as exc:
         raise CliError(
             f"cannot read the outbox {path}: {exc}; check the path and its permissions "
             "(it must be the SQLite file written by TokenMeter)"
