@@ -1,4 +1,4 @@
-"""Reading LiteLLM's callback arguments: usage, model, provider, identity, request id.
+"""Reading LiteLLM's callback arguments: usage, model, provider, identity, call id.
 
 Only reads; builds plain values for `TokenMeter.record()`. All validation is the core's.
 
@@ -82,24 +82,36 @@ def standard_payload(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     return _mapping(kwargs.get("standard_logging_object"))
 
 
-def call_id(kwargs: Mapping[str, Any]) -> str | None:
-    """LiteLLM's per-call uuid (`litellm_call_id`), the same in pre-call and success hooks."""
+def call_id(kwargs: Mapping[str, Any], slo: Mapping[str, Any] | None = None) -> str | None:
+    """LiteLLM's per-call id (`litellm_call_id`), the same in pre-call and success hooks.
+
+    Every firing of one call's success callbacks carries it, unlike the provider's response
+    id (`standard_logging_object["id"]`), which servers and proxies repeat across calls.
+    """
     cid = kwargs.get("litellm_call_id")
     if cid is None:
         cid = _mapping(kwargs.get("litellm_params")).get("litellm_call_id")
+    if cid is None and slo is not None:
+        cid = slo.get("litellm_call_id")
     return str(cid) if cid else None
 
 
-def request_id(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
-    """`standard_logging_object["id"]`: LiteLLM's request id (its spend logs use it too).
+def call_start(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> int | None:
+    """When the call started, in microseconds: one value for all of a call's callbacks.
 
-    It is the provider's response id when there is one, else the `litellm_call_id`; every
-    firing of one call's success callbacks carries the same value.
+    Tells a repeat callback of one call from another call that reused its
+    `litellm_call_id` (the proxy takes it from the client's `x-litellm-call-id` header).
     """
-    rid = slo.get("id")
-    if isinstance(rid, str) and rid and rid != "None":
-        return rid
-    return call_id(kwargs)
+    start = kwargs.get("start_time")
+    if isinstance(start, _dt.datetime):
+        try:
+            return round(start.timestamp() * 1_000_000)
+        except (OverflowError, OSError, ValueError):
+            return None
+    raw = slo.get("startTime")
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return round(raw * 1_000_000)
+    return None
 
 
 def is_cache_hit(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> bool:

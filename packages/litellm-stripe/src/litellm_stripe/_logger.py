@@ -26,7 +26,7 @@ logging *thread pool* for loggers that override only `log_success_event`
 `handle_sync_success_callbacks_for_async_calls`), and that pool is drained at interpreter
 exit. So each `StripeLogger` registers a companion (`_ThreadPath`, overriding only
 `log_success_event`) in `litellm.success_callback` on its first call: async calls are
-reported on both paths, and the request-id dedupe bills them once.
+reported on both paths, and the dedupe on `litellm_call_id` bills them once.
 """
 
 from __future__ import annotations
@@ -57,29 +57,45 @@ _NO_USAGE_FIX: Final = (
 )
 
 
-class _BoundedSet:
-    """The last `maxlen` keys seen, thread-safe (check-and-add is atomic)."""
+class _CallLog:
+    """The calls billed lately: `litellm_call_id` -> the start times seen with it.
+
+    LiteLLM reports one call more than once (the thread path, sync + async): same call id,
+    same start, a *repeat*. Another call under a call id already billed (the proxy takes
+    it from the client's `x-litellm-call-id`) has another start, and is billed under an
+    identifier of its own. Thread-safe; the oldest call ids are dropped past `maxlen`.
+    """
 
     def __init__(self, maxlen: int) -> None:
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._calls: OrderedDict[str, set[int | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._max = maxlen
 
-    def add(self, key: str) -> bool:
-        """Add `key`; False if it was already there."""
-        with self._lock:
-            if key in self._keys:
-                return False
-            self._keys[key] = None
-            if len(self._keys) > self._max:
-                self._keys.popitem(last=False)
-            return True
+    def seen(self, call_id: str, start: int | None) -> bool:
+        """True if this call (id and start) was claimed already: a repeat callback."""
+        starts = self._calls.get(call_id)
+        return starts is not None and (start in starts or start is None or None in starts)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
+    def claim(self, call_id: str, start: int | None) -> str | None:
+        """The call's request id, or None if it was claimed already (a repeat).
+
+        The first call under a call id is billed as `call_id`; a later one with another
+        start as `call_id@start` (never lost, never merged with the first).
+        """
+        with self._lock:
+            starts = self._calls.get(call_id)
+            if starts is None:
+                self._calls[call_id] = {start}
+                if len(self._calls) > self._max:
+                    self._calls.popitem(last=False)
+                return call_id
+            if start in starts or start is None or None in starts:
+                return None
+            starts.add(start)
+            return f"{call_id}@{start}"
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._calls)
 
 
 class _BoundedMap:
@@ -122,10 +138,11 @@ class StripeLogger(CustomLogger):
     `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
     `missing_customer`.
 
-    Every callback is deduplicated on LiteLLM's request id
-    (`standard_logging_object["id"]`, the last `max_tracked` ids), and never raises into
-    LiteLLM: failures are counted in `meter.stats()["adapter_errors"]` (a strict meter
-    raises instead).
+    Every callback is deduplicated on LiteLLM's own per-call id (`litellm_call_id`, the
+    last `max_tracked` calls), also the event identifiers' prefix; never on the provider's
+    response id, which servers (Ollama: `chatcmpl-<0..999>`) and proxies repeat across
+    calls and customers. The logger never raises into LiteLLM: failures are counted in
+    `meter.stats()["adapter_errors"]` (a strict meter raises instead).
 
     `thread_fallback` (default on) also takes async calls' success from LiteLLM's
     logging thread pool, so calls made right before `asyncio.run()` returns are still
@@ -170,18 +187,31 @@ class StripeLogger(CustomLogger):
         self.thread_fallback = thread_fallback
         self._thread_path: _ThreadPath | None = _ThreadPath(self) if thread_fallback else None
         self._thread_path_added = False
-        self._seen = _BoundedSet(max_tracked)
+        self._billed = _CallLog(max_tracked)
         self._calls = _BoundedMap(max_tracked)
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
-            ("recorded", "duplicates", "cache_hits", "failures", "skipped", "no_usage"), 0
+            (
+                "recorded",
+                "repeat_callbacks",
+                "duplicates",
+                "cache_hits",
+                "failures",
+                "skipped",
+                "no_usage",
+            ),
+            0,
         )
 
     def stats(self) -> dict[str, int]:
         """This logger's counters (delivery is in `meter.stats()`).
 
-        `recorded`: calls handed to the meter; `duplicates`: repeated success callbacks
-        ignored; `cache_hits`: cache hits not billed; `failures`: failed calls (not billed);
+        `recorded`: calls handed to the meter; `repeat_callbacks`: LiteLLM's further success
+        callbacks for a call already recorded (normal: LiteLLM reports most calls twice,
+        see the module doc), ignored; `duplicates`: calls that arrived under a
+        `litellm_call_id` already billed for another call (through the proxy, a client
+        reusing `x-litellm-call-id`), billed under an identifier of their own;
+        `cache_hits`: cache hits not billed; `failures`: failed calls (not billed);
         `skipped`: call types that are not billed (reads of stored objects); `no_usage`:
         calls without token usage; `in_flight`: calls started (seen by `log_pre_api_call`)
         that LiteLLM has not reported yet.
@@ -287,7 +317,7 @@ class StripeLogger(CustomLogger):
                 f"kwargs: expected LiteLLM's model_call_details dict, got {type(kwargs).__name__}"
             )
         slo = ex.standard_payload(kwargs)
-        cid = ex.call_id(kwargs)
+        cid = ex.call_id(kwargs, slo)
         if ex.is_cache_hit(kwargs, slo) and not self.bill_cache_hits:
             self._count("cache_hits")
             return
@@ -295,9 +325,9 @@ class StripeLogger(CustomLogger):
         if ctype is not None and ctype not in self.call_types:
             self._count("skipped")
             return
-        rid = ex.request_id(kwargs, slo)
-        if rid is not None and rid in self._seen:
-            self._count("duplicates")
+        start = ex.call_start(kwargs, slo)
+        if cid is not None and self._billed.seen(cid, start):
+            self._count("repeat_callbacks")
             return
         found = ex.usage_fields(
             response_obj, kwargs, slo, input_only=ctype in ex.INPUT_ONLY_CALL_TYPES
@@ -309,9 +339,14 @@ class StripeLogger(CustomLogger):
         counts, fields = found
         metadata = ex.call_metadata(kwargs)
         customer = self._customer(kwargs, slo, metadata, self._calls.get(cid))
-        if rid is not None and not self._seen.add(rid):
-            self._count("duplicates")  # another thread took it meanwhile
-            return
+        rid = None
+        if cid is not None:
+            rid = self._billed.claim(cid, start)
+            if rid is None:
+                self._count("repeat_callbacks")  # the other path took it meanwhile
+                return
+            if rid != cid:
+                self._count("duplicates")
         self.meter.record(
             counts=counts,
             fallback_customer_id=self.customer_id,
