@@ -162,18 +162,65 @@ def provider(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
     return prov
 
 
-def model(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
+def _aliases(
+    kwargs: Mapping[str, Any], slo: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> set[str]:
+    """The names the client asked for (Router / proxy model group, the request's `model`)."""
+    body = _mapping(
+        _mapping(_mapping(kwargs.get("litellm_params")).get("proxy_server_request")).get("body")
+    )
+    names = (
+        slo.get("model_group"),
+        metadata.get("model_group"),
+        metadata.get("original_model_group"),
+        body.get("model"),
+    )
+    return {n for n in names if isinstance(n, str) and n}
+
+
+def deployment_model(
+    kwargs: Mapping[str, Any], slo: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> str | None:
+    """The model the call was sent to: the deployment's `base_model`, else its `model`."""
+    hidden = _mapping(slo.get("hidden_params"))
+    return _first_str(
+        _mapping(metadata.get("model_info")).get("base_model"),
+        slo.get("model"),
+        hidden.get("litellm_model_name"),
+        metadata.get("deployment"),
+        kwargs.get("model"),
+    )
+
+
+def model(
+    response_obj: Any,
+    kwargs: Mapping[str, Any],
+    slo: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+) -> str | None:
     """The model the provider says served the call (`gpt-4o-2024-08-06`), else the one asked for.
 
+    The LiteLLM proxy rewrites `response.model` to the name the client asked for (its
+    alias, `my-gpt`; `common_request_processing._override_openai_response_model`), often
+    before the callback runs: a response model that is one of the call's aliases and not
+    the deployment's model is that rewrite, so the deployment's model is billed instead.
     Passed raw: the core's normaliser strips date suffixes and never doubles a provider
     prefix (a Router or proxy model such as `openai/gpt-4o`).
     """
-    return _first_str(
+    answered = _first_str(
         field(response_obj, "model"),
         field(kwargs.get("complete_streaming_response"), "model"),
-        slo.get("model"),
-        kwargs.get("model"),
     )
+    deployed = deployment_model(kwargs, slo, metadata)
+    if answered is None:
+        return deployed
+    if (
+        deployed is not None
+        and answered != deployed
+        and answered in _aliases(kwargs, slo, metadata)
+    ):
+        return deployed
+    return answered
 
 
 def _usage_object(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> Any:

@@ -351,7 +351,7 @@ class StripeLogger(CustomLogger):
             counts=counts,
             fallback_customer_id=self.customer_id,
             customer_id=customer,
-            model=ex.model(response_obj, kwargs, slo),
+            model=ex.model(response_obj, kwargs, slo, metadata),
             provider=ex.provider(kwargs, slo),
             request_id=rid,
             timestamp=ex.timestamp(end_time),
