@@ -287,3 +287,43 @@ def test_proxy_bills_the_deployment_model_not_the_alias(proxy_env: Any, fake_str
         ("cus_KEY", "openai/gpt-4o", "output", 10),
         ("cus_KEY", "openai/text-embedding-3-small", "input", 7),
     ]
+
+
+def test_proxy_customer_from_team_and_missing_customer_warning(
+    proxy_env: Any, fake_stripe: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = litellm_stripe.proxy_logger
+    litellm.callbacks = [logger]
+    with _servers() as servers:
+        _proxy_calls(servers, _key_metadata({}, {"stripe_customer_id": "cus_TEAM"}))
+        wait_stat(logger, "recorded", 3)
+        assert logger.meter.flush(5)
+        assert {c for c, _, _, _ in event_tuples(fake_stripe)} == {"cus_TEAM"}
+        caplog.clear()
+        _proxy_calls(servers, _key_metadata({}, {}))
+    wait_stat(logger, "recorded", 6)
+    assert logger.meter.flush(5)
+    assert logger.meter.stats()["invalid"] == 3  # dead-lettered as missing_customer
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "litellm_stripe"]
+    assert "key alias 'acme-prod', team 'team-acme'" in warning
+    for source in ("/key/generate", "/team/update", '"stripe_customer_id": "cus_..."'):
+        assert source in warning
+    assert "STRIPE_DEFAULT_CUSTOMER_ID" in warning
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["stripe", "local-ledger"])
+def test_proxy_says_once_where_events_go(
+    proxy_env: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, with_key: bool
+) -> None:
+    if not with_key:
+        proxy_env.delenv("STRIPE_API_KEY")
+    caplog.set_level("INFO", logger="litellm_stripe")
+    assert litellm_stripe.proxy_logger is litellm_stripe.proxy_logger
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "litellm_stripe"]
+    outbox = str(tmp_path / "proxy-outbox.sqlite3")
+    assert outbox in line and "'llm-tokens'" in line
+    assert "sk_test_fake" not in line
+    if with_key:
+        assert "to Stripe (test mode key, meter event API v2" in line
+    else:
+        assert "no STRIPE_API_KEY set" in line and "local ledger" in line

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -46,7 +47,9 @@ from stripe_token_meter import TokenMeter, current_customer
 from stripe_token_meter.usage import check_customer, check_dimensions
 
 from . import _extract as ex
-from ._identity import CUSTOMER_KEY, CustomerResolver
+from ._identity import CUSTOMER_KEY, CallIdentity, CustomerResolver
+
+log = logging.getLogger("litellm_stripe")
 
 SOURCE: Final = "litellm-stripe"
 DIMENSIONS_KEY: Final = "stripe_dimensions"
@@ -161,6 +164,7 @@ class StripeLogger(CustomLogger):
         call_types: Iterable[str] | None = None,
         max_tracked: int = 10_000,
         thread_fallback: bool = True,
+        missing_customer_hint: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(meter, TokenMeter):
@@ -185,6 +189,8 @@ class StripeLogger(CustomLogger):
         # StripeLogger (another meter) from being silently dropped.
         self.logger_id = uuid.uuid4().hex
         self.thread_fallback = thread_fallback
+        self.missing_customer_hint = missing_customer_hint
+        self._warned_missing_customer = False
         self._thread_path: _ThreadPath | None = _ThreadPath(self) if thread_fallback else None
         self._thread_path_added = False
         self._billed = _CallLog(max_tracked)
@@ -347,6 +353,14 @@ class StripeLogger(CustomLogger):
                 return
             if rid != cid:
                 self._count("duplicates")
+        if (
+            customer is None
+            and self.missing_customer_hint is not None
+            and not self._warned_missing_customer
+            and self.customer_id is None
+            and self.meter.default_customer_id is None
+        ):
+            self._warn_missing_customer(ex.identity(kwargs, slo, metadata))
         self.meter.record(
             counts=counts,
             fallback_customer_id=self.customer_id,
@@ -393,6 +407,21 @@ class StripeLogger(CustomLogger):
         if not isinstance(extra, Mapping) or not extra:
             return self.dimensions
         return {**self.dimensions, **extra}
+
+    def _warn_missing_customer(self, identity: CallIdentity) -> None:
+        """Once: the core's `missing_customer` advice names the SDK's sources, not the
+        proxy's, so say where this logger looks (`missing_customer_hint`)."""
+        with self._counts_lock:
+            if self._warned_missing_customer:
+                return
+            self._warned_missing_customer = True
+        log.warning(
+            "litellm-stripe: a call had no Stripe customer (key alias %r, team %r) and is "
+            "dead-lettered as missing_customer. %s",
+            identity.user_api_key_alias,
+            identity.user_api_key_team_id,
+            self.missing_customer_hint,
+        )
 
     def _failed(self, where: str, exc: Exception) -> None:
         if self.meter.strict:
