@@ -381,7 +381,10 @@ def test_never_raises_into_litellm(stripe_logger: Any, fake_stripe: Any) -> None
             {"standard_logging_object": {"id": "x1"}, "litellm_call_id": 3},
             {"usage": {"prompt_tokens": "many"}},
         ),
-        ({"standard_logging_object": {"id": "x2", "model": "m"}}, {"usage": {"prompt_tokens": -5}}),
+        (
+            {"standard_logging_object": {"id": "x2", "model": "m"}, "litellm_call_id": "c2"},
+            {"usage": {"prompt_tokens": -5}},
+        ),
     ]
     for kwargs, resp in weird:
         logger.log_success_event(kwargs, resp, None, None)
@@ -414,17 +417,18 @@ def test_dedupe_and_scope_memory_is_bounded(stripe_logger: Any, fake_stripe: Any
         with meter.customer("cus_S"):
             logger.log_pre_api_call("m", [], {"litellm_call_id": f"never-finished-{i}"})
         kwargs = {
+            "litellm_call_id": f"call-{i}",
             "standard_logging_object": {
                 "id": f"r{i}",
                 "model": "gpt-4o",
                 "custom_llm_provider": "openai",
-            }
+            },
         }
         logger.log_success_event(
             kwargs, {"usage": {"prompt_tokens": 1, "completion_tokens": 0}}, None, None
         )
     assert logger.stats()["in_flight"] == 3
-    assert len(logger._seen) == 3
+    assert len(logger._billed) == 3
     assert meter.flush(5)
     assert len(fake_stripe.events()) == 10
 

@@ -51,7 +51,7 @@ def meter(outbox, **kw):
 class Probe(CustomLogger):
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
         if asyncio.get_running_loop() not in loops:
-            late.append(response_obj.id)
+            late.append(kwargs["litellm_call_id"])
 
 
 def response(i):
@@ -70,7 +70,7 @@ async def main(m, ids):
             r = await litellm.acompletion(
                 model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}], mock_response=response(i)
             )
-        print("CALL " + json.dumps([i, r.id]), flush=True)
+        print("CALL " + json.dumps([i, r._hidden_params["litellm_call_id"]]), flush=True)
 
     await asyncio.gather(*(one(i) for i in ids))
 

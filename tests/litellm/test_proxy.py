@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +190,140 @@ def test_logger_from_env_mapping(tmp_path: Path) -> None:
 def test_unknown_attribute_still_raises() -> None:
     with pytest.raises(AttributeError):
         _ = litellm_stripe.no_such_thing  # type: ignore[attr-defined]
+
+
+# -- what the proxy hands the callback ------------------------------------------------------
+# The proxy (`litellm --config`) needs litellm[proxy] (fastapi, a database for virtual
+# keys), which this workspace does not install. So these tests run what the proxy runs for
+# a request: its Router over the config's model_list, the metadata it adds from the
+# virtual key (`litellm_pre_call_utils.add_litellm_data_to_request`: user_api_key_metadata,
+# user_api_key_team_metadata, user_api_key_alias, user_api_key_team_id), then the rewrite
+# of `response.model` to the name the client asked for
+# (`common_request_processing._override_openai_response_model`), before LiteLLM's logging
+# worker runs the callbacks, as it does in the proxy.
+
+
+@contextlib.contextmanager
+def _servers() -> Iterator[tuple[Any, Any, Any]]:
+    """The deployments' providers: chat (answers gpt-4o-2024-08-06), Claude, embeddings."""
+    from support.providers import AnthropicServer, OpenAIServer
+
+    with (
+        OpenAIServer(prompt_tokens=40, completion_tokens=10) as chat,
+        AnthropicServer() as claude,
+        OpenAIServer(model="text-embedding-3-small", prompt_tokens=7) as emb,
+    ):
+        yield chat, claude, emb
+
+
+def _key_metadata(key: dict[str, str], team: dict[str, str]) -> dict[str, Any]:
+    return {
+        "user_api_key_metadata": key,
+        "user_api_key_team_metadata": team,
+        "user_api_key_alias": "acme-prod",
+        "user_api_key_team_id": "team-acme",
+        "stripe_customer_id": "cus_FORGED",  # the caller's own metadata: ignored
+    }
+
+
+def _proxy_calls(servers: tuple[Any, Any, Any], metadata: dict[str, Any]) -> None:
+    from litellm_testkit import drain_litellm
+
+    openai_url, anthropic_url, embedding_url = (s.base_url for s in servers)
+
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "my-gpt",
+                "litellm_params": {
+                    "model": "openai/gpt-4o",
+                    "api_base": openai_url,
+                    "api_key": "sk",
+                },
+            },
+            {
+                "model_name": "my-claude",
+                "litellm_params": {
+                    "model": "anthropic/claude-3-5-sonnet-20241022",
+                    "api_base": anthropic_url,
+                    "api_key": "sk-ant",
+                },
+            },
+            {
+                "model_name": "my-emb",
+                "litellm_params": {
+                    "model": "openai/text-embedding-3-small",
+                    "api_base": embedding_url,
+                    "api_key": "sk",
+                },
+            },
+        ]
+    )
+
+    async def main() -> None:
+        for alias in ("my-gpt", "my-claude"):
+            resp = await router.acompletion(model=alias, messages=MESSAGES, metadata=dict(metadata))
+            resp.model = alias  # the proxy's _override_openai_response_model
+        emb = await router.aembedding(model="my-emb", input=["hello"], metadata=dict(metadata))
+        emb.model = "my-emb"
+        await drain_litellm()
+
+    import asyncio
+
+    asyncio.run(main())
+
+
+def test_proxy_bills_the_deployment_model_not_the_alias(proxy_env: Any, fake_stripe: Any) -> None:
+    logger = litellm_stripe.proxy_logger
+    litellm.callbacks = [logger]
+    with _servers() as servers:
+        _proxy_calls(servers, _key_metadata({"stripe_customer_id": "cus_KEY"}, {}))
+    wait_stat(logger, "recorded", 3)
+    assert logger.meter.flush(5)
+    assert event_tuples(fake_stripe) == [
+        ("cus_KEY", "anthropic/claude-3.5-sonnet", "input", 50),
+        ("cus_KEY", "anthropic/claude-3.5-sonnet", "output", 30),
+        ("cus_KEY", "openai/gpt-4o", "input", 40),
+        ("cus_KEY", "openai/gpt-4o", "output", 10),
+        ("cus_KEY", "openai/text-embedding-3-small", "input", 7),
+    ]
+
+
+def test_proxy_customer_from_team_and_missing_customer_warning(
+    proxy_env: Any, fake_stripe: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = litellm_stripe.proxy_logger
+    litellm.callbacks = [logger]
+    with _servers() as servers:
+        _proxy_calls(servers, _key_metadata({}, {"stripe_customer_id": "cus_TEAM"}))
+        wait_stat(logger, "recorded", 3)
+        assert logger.meter.flush(5)
+        assert {c for c, _, _, _ in event_tuples(fake_stripe)} == {"cus_TEAM"}
+        caplog.clear()
+        _proxy_calls(servers, _key_metadata({}, {}))
+    wait_stat(logger, "recorded", 6)
+    assert logger.meter.flush(5)
+    assert logger.meter.stats()["invalid"] == 3  # dead-lettered as missing_customer
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "litellm_stripe"]
+    assert "key alias 'acme-prod', team 'team-acme'" in warning
+    for source in ("/key/generate", "/team/update", '"stripe_customer_id": "cus_..."'):
+        assert source in warning
+    assert "STRIPE_DEFAULT_CUSTOMER_ID" in warning
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["stripe", "local-ledger"])
+def test_proxy_says_once_where_events_go(
+    proxy_env: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, with_key: bool
+) -> None:
+    if not with_key:
+        proxy_env.delenv("STRIPE_API_KEY")
+    caplog.set_level("INFO", logger="litellm_stripe")
+    assert litellm_stripe.proxy_logger is litellm_stripe.proxy_logger
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "litellm_stripe"]
+    outbox = str(tmp_path / "proxy-outbox.sqlite3")
+    assert outbox in line and "'llm-tokens'" in line
+    assert "sk_test_fake" not in line
+    if with_key:
+        assert "to Stripe (test mode key, meter event API v2" in line
+    else:
+        assert "no STRIPE_API_KEY set" in line and "local ledger" in line

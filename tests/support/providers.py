@@ -97,8 +97,11 @@ class OpenAIServer(_Server):
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         text: str = "Hello from the fake model",
+        response_id: str | None = None,
     ) -> None:
         super().__init__()
+        # one id for every response, as Ollama's `chatcmpl-<0..999>` and caching proxies do
+        self.response_id = response_id
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
@@ -130,7 +133,7 @@ class OpenAIServer(_Server):
             self.fail_next -= 1
             self.send_json(h, {"error": {"message": "boom", "type": "server_error"}}, 500)
             return
-        cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        cid = self.response_id or f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         if path.endswith("/embeddings"):
             inputs = body.get("input")

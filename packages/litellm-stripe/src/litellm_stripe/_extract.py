@@ -1,4 +1,4 @@
-"""Reading LiteLLM's callback arguments: usage, model, provider, identity, request id.
+"""Reading LiteLLM's callback arguments: usage, model, provider, identity, call id.
 
 Only reads; builds plain values for `TokenMeter.record()`. All validation is the core's.
 
@@ -82,24 +82,36 @@ def standard_payload(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     return _mapping(kwargs.get("standard_logging_object"))
 
 
-def call_id(kwargs: Mapping[str, Any]) -> str | None:
-    """LiteLLM's per-call uuid (`litellm_call_id`), the same in pre-call and success hooks."""
+def call_id(kwargs: Mapping[str, Any], slo: Mapping[str, Any] | None = None) -> str | None:
+    """LiteLLM's per-call id (`litellm_call_id`), the same in pre-call and success hooks.
+
+    Every firing of one call's success callbacks carries it, unlike the provider's response
+    id (`standard_logging_object["id"]`), which servers and proxies repeat across calls.
+    """
     cid = kwargs.get("litellm_call_id")
     if cid is None:
         cid = _mapping(kwargs.get("litellm_params")).get("litellm_call_id")
+    if cid is None and slo is not None:
+        cid = slo.get("litellm_call_id")
     return str(cid) if cid else None
 
 
-def request_id(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
-    """`standard_logging_object["id"]`: LiteLLM's request id (its spend logs use it too).
+def call_start(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> int | None:
+    """When the call started, in microseconds: one value for all of a call's callbacks.
 
-    It is the provider's response id when there is one, else the `litellm_call_id`; every
-    firing of one call's success callbacks carries the same value.
+    Tells a repeat callback of one call from another call that reused its
+    `litellm_call_id` (the proxy takes it from the client's `x-litellm-call-id` header).
     """
-    rid = slo.get("id")
-    if isinstance(rid, str) and rid and rid != "None":
-        return rid
-    return call_id(kwargs)
+    start = kwargs.get("start_time")
+    if isinstance(start, _dt.datetime):
+        try:
+            return round(start.timestamp() * 1_000_000)
+        except (OverflowError, OSError, ValueError):
+            return None
+    raw = slo.get("startTime")
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return round(raw * 1_000_000)
+    return None
 
 
 def is_cache_hit(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> bool:
@@ -150,18 +162,65 @@ def provider(kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
     return prov
 
 
-def model(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> str | None:
+def _aliases(
+    kwargs: Mapping[str, Any], slo: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> set[str]:
+    """The names the client asked for (Router / proxy model group, the request's `model`)."""
+    body = _mapping(
+        _mapping(_mapping(kwargs.get("litellm_params")).get("proxy_server_request")).get("body")
+    )
+    names = (
+        slo.get("model_group"),
+        metadata.get("model_group"),
+        metadata.get("original_model_group"),
+        body.get("model"),
+    )
+    return {n for n in names if isinstance(n, str) and n}
+
+
+def deployment_model(
+    kwargs: Mapping[str, Any], slo: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> str | None:
+    """The model the call was sent to: the deployment's `base_model`, else its `model`."""
+    hidden = _mapping(slo.get("hidden_params"))
+    return _first_str(
+        _mapping(metadata.get("model_info")).get("base_model"),
+        slo.get("model"),
+        hidden.get("litellm_model_name"),
+        metadata.get("deployment"),
+        kwargs.get("model"),
+    )
+
+
+def model(
+    response_obj: Any,
+    kwargs: Mapping[str, Any],
+    slo: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+) -> str | None:
     """The model the provider says served the call (`gpt-4o-2024-08-06`), else the one asked for.
 
+    The LiteLLM proxy rewrites `response.model` to the name the client asked for (its
+    alias, `my-gpt`; `common_request_processing._override_openai_response_model`), often
+    before the callback runs: a response model that is one of the call's aliases and not
+    the deployment's model is that rewrite, so the deployment's model is billed instead.
     Passed raw: the core's normaliser strips date suffixes and never doubles a provider
     prefix (a Router or proxy model such as `openai/gpt-4o`).
     """
-    return _first_str(
+    answered = _first_str(
         field(response_obj, "model"),
         field(kwargs.get("complete_streaming_response"), "model"),
-        slo.get("model"),
-        kwargs.get("model"),
     )
+    deployed = deployment_model(kwargs, slo, metadata)
+    if answered is None:
+        return deployed
+    if (
+        deployed is not None
+        and answered != deployed
+        and answered in _aliases(kwargs, slo, metadata)
+    ):
+        return deployed
+    return answered
 
 
 def _usage_object(response_obj: Any, kwargs: Mapping[str, Any], slo: Mapping[str, Any]) -> Any:

@@ -26,13 +26,14 @@ logging *thread pool* for loggers that override only `log_success_event`
 `handle_sync_success_callbacks_for_async_calls`), and that pool is drained at interpreter
 exit. So each `StripeLogger` registers a companion (`_ThreadPath`, overriding only
 `log_success_event`) in `litellm.success_callback` on its first call: async calls are
-reported on both paths, and the request-id dedupe bills them once.
+reported on both paths, and the dedupe on `litellm_call_id` bills them once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -46,7 +47,9 @@ from stripe_token_meter import TokenMeter, current_customer
 from stripe_token_meter.usage import check_customer, check_dimensions
 
 from . import _extract as ex
-from ._identity import CUSTOMER_KEY, CustomerResolver
+from ._identity import CUSTOMER_KEY, CallIdentity, CustomerResolver
+
+log = logging.getLogger("litellm_stripe")
 
 SOURCE: Final = "litellm-stripe"
 DIMENSIONS_KEY: Final = "stripe_dimensions"
@@ -57,29 +60,45 @@ _NO_USAGE_FIX: Final = (
 )
 
 
-class _BoundedSet:
-    """The last `maxlen` keys seen, thread-safe (check-and-add is atomic)."""
+class _CallLog:
+    """The calls billed lately: `litellm_call_id` -> the start times seen with it.
+
+    LiteLLM reports one call more than once (the thread path, sync + async): same call id,
+    same start, a *repeat*. Another call under a call id already billed (the proxy takes
+    it from the client's `x-litellm-call-id`) has another start, and is billed under an
+    identifier of its own. Thread-safe; the oldest call ids are dropped past `maxlen`.
+    """
 
     def __init__(self, maxlen: int) -> None:
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._calls: OrderedDict[str, set[int | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._max = maxlen
 
-    def add(self, key: str) -> bool:
-        """Add `key`; False if it was already there."""
-        with self._lock:
-            if key in self._keys:
-                return False
-            self._keys[key] = None
-            if len(self._keys) > self._max:
-                self._keys.popitem(last=False)
-            return True
+    def seen(self, call_id: str, start: int | None) -> bool:
+        """True if this call (id and start) was claimed already: a repeat callback."""
+        starts = self._calls.get(call_id)
+        return starts is not None and (start in starts or start is None or None in starts)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
+    def claim(self, call_id: str, start: int | None) -> str | None:
+        """The call's request id, or None if it was claimed already (a repeat).
+
+        The first call under a call id is billed as `call_id`; a later one with another
+        start as `call_id@start` (never lost, never merged with the first).
+        """
+        with self._lock:
+            starts = self._calls.get(call_id)
+            if starts is None:
+                self._calls[call_id] = {start}
+                if len(self._calls) > self._max:
+                    self._calls.popitem(last=False)
+                return call_id
+            if start in starts or start is None or None in starts:
+                return None
+            starts.add(start)
+            return f"{call_id}@{start}"
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._calls)
 
 
 class _BoundedMap:
@@ -122,10 +141,11 @@ class StripeLogger(CustomLogger):
     `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
     `missing_customer`.
 
-    Every callback is deduplicated on LiteLLM's request id
-    (`standard_logging_object["id"]`, the last `max_tracked` ids), and never raises into
-    LiteLLM: failures are counted in `meter.stats()["adapter_errors"]` (a strict meter
-    raises instead).
+    Every callback is deduplicated on LiteLLM's own per-call id (`litellm_call_id`, the
+    last `max_tracked` calls), also the event identifiers' prefix; never on the provider's
+    response id, which servers (Ollama: `chatcmpl-<0..999>`) and proxies repeat across
+    calls and customers. The logger never raises into LiteLLM: failures are counted in
+    `meter.stats()["adapter_errors"]` (a strict meter raises instead).
 
     `thread_fallback` (default on) also takes async calls' success from LiteLLM's
     logging thread pool, so calls made right before `asyncio.run()` returns are still
@@ -144,6 +164,7 @@ class StripeLogger(CustomLogger):
         call_types: Iterable[str] | None = None,
         max_tracked: int = 10_000,
         thread_fallback: bool = True,
+        missing_customer_hint: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(meter, TokenMeter):
@@ -168,20 +189,35 @@ class StripeLogger(CustomLogger):
         # StripeLogger (another meter) from being silently dropped.
         self.logger_id = uuid.uuid4().hex
         self.thread_fallback = thread_fallback
+        self.missing_customer_hint = missing_customer_hint
+        self._warned_missing_customer = False
         self._thread_path: _ThreadPath | None = _ThreadPath(self) if thread_fallback else None
         self._thread_path_added = False
-        self._seen = _BoundedSet(max_tracked)
+        self._billed = _CallLog(max_tracked)
         self._calls = _BoundedMap(max_tracked)
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
-            ("recorded", "duplicates", "cache_hits", "failures", "skipped", "no_usage"), 0
+            (
+                "recorded",
+                "repeat_callbacks",
+                "duplicates",
+                "cache_hits",
+                "failures",
+                "skipped",
+                "no_usage",
+            ),
+            0,
         )
 
     def stats(self) -> dict[str, int]:
         """This logger's counters (delivery is in `meter.stats()`).
 
-        `recorded`: calls handed to the meter; `duplicates`: repeated success callbacks
-        ignored; `cache_hits`: cache hits not billed; `failures`: failed calls (not billed);
+        `recorded`: calls handed to the meter; `repeat_callbacks`: LiteLLM's further success
+        callbacks for a call already recorded (normal: LiteLLM reports most calls twice,
+        see the module doc), ignored; `duplicates`: calls that arrived under a
+        `litellm_call_id` already billed for another call (through the proxy, a client
+        reusing `x-litellm-call-id`), billed under an identifier of their own;
+        `cache_hits`: cache hits not billed; `failures`: failed calls (not billed);
         `skipped`: call types that are not billed (reads of stored objects); `no_usage`:
         calls without token usage; `in_flight`: calls started (seen by `log_pre_api_call`)
         that LiteLLM has not reported yet.
@@ -287,7 +323,7 @@ class StripeLogger(CustomLogger):
                 f"kwargs: expected LiteLLM's model_call_details dict, got {type(kwargs).__name__}"
             )
         slo = ex.standard_payload(kwargs)
-        cid = ex.call_id(kwargs)
+        cid = ex.call_id(kwargs, slo)
         if ex.is_cache_hit(kwargs, slo) and not self.bill_cache_hits:
             self._count("cache_hits")
             return
@@ -295,9 +331,9 @@ class StripeLogger(CustomLogger):
         if ctype is not None and ctype not in self.call_types:
             self._count("skipped")
             return
-        rid = ex.request_id(kwargs, slo)
-        if rid is not None and rid in self._seen:
-            self._count("duplicates")
+        start = ex.call_start(kwargs, slo)
+        if cid is not None and self._billed.seen(cid, start):
+            self._count("repeat_callbacks")
             return
         found = ex.usage_fields(
             response_obj, kwargs, slo, input_only=ctype in ex.INPUT_ONLY_CALL_TYPES
@@ -309,14 +345,27 @@ class StripeLogger(CustomLogger):
         counts, fields = found
         metadata = ex.call_metadata(kwargs)
         customer = self._customer(kwargs, slo, metadata, self._calls.get(cid))
-        if rid is not None and not self._seen.add(rid):
-            self._count("duplicates")  # another thread took it meanwhile
-            return
+        rid = None
+        if cid is not None:
+            rid = self._billed.claim(cid, start)
+            if rid is None:
+                self._count("repeat_callbacks")  # the other path took it meanwhile
+                return
+            if rid != cid:
+                self._count("duplicates")
+        if (
+            customer is None
+            and self.missing_customer_hint is not None
+            and not self._warned_missing_customer
+            and self.customer_id is None
+            and self.meter.default_customer_id is None
+        ):
+            self._warn_missing_customer(ex.identity(kwargs, slo, metadata))
         self.meter.record(
             counts=counts,
             fallback_customer_id=self.customer_id,
             customer_id=customer,
-            model=ex.model(response_obj, kwargs, slo),
+            model=ex.model(response_obj, kwargs, slo, metadata),
             provider=ex.provider(kwargs, slo),
             request_id=rid,
             timestamp=ex.timestamp(end_time),
@@ -358,6 +407,21 @@ class StripeLogger(CustomLogger):
         if not isinstance(extra, Mapping) or not extra:
             return self.dimensions
         return {**self.dimensions, **extra}
+
+    def _warn_missing_customer(self, identity: CallIdentity) -> None:
+        """Once: the core's `missing_customer` advice names the SDK's sources, not the
+        proxy's, so say where this logger looks (`missing_customer_hint`)."""
+        with self._counts_lock:
+            if self._warned_missing_customer:
+                return
+            self._warned_missing_customer = True
+        log.warning(
+            "litellm-stripe: a call had no Stripe customer (key alias %r, team %r) and is "
+            "dead-lettered as missing_customer. %s",
+            identity.user_api_key_alias,
+            identity.user_api_key_team_id,
+            self.missing_customer_hint,
+        )
 
     def _failed(self, where: str, exc: Exception) -> None:
         if self.meter.strict:

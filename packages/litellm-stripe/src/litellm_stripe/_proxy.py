@@ -10,6 +10,7 @@ must be a `CustomLogger` instance. The attribute is built on first access (modul
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -20,7 +21,23 @@ from stripe_token_meter import ConfigurationError, TokenMeter
 from ._identity import CLIENT_SOURCES, SOURCES, customer_from
 from ._logger import StripeLogger
 
+log = logging.getLogger("litellm_stripe")
+
 DEFAULT_SOURCES: Final = ("key_metadata", "team_metadata")
+
+# Where the proxy takes each customer source from, for the `missing_customer` warning.
+_SOURCE_FIXES: Final[dict[str, str]] = {
+    "key_metadata": "the virtual key's metadata: POST /key/generate or /key/update with "
+    '"metadata": {"stripe_customer_id": "cus_..."}',
+    "team_metadata": "the key's team metadata: POST /team/new or /team/update with "
+    '"metadata": {"stripe_customer_id": "cus_..."}',
+    "user_api_key_user_id": "the key's user_id (through STRIPE_CUSTOMER_MAP unless it is a cus_ id)",
+    "team": "the key's team_id (through STRIPE_CUSTOMER_MAP unless it is a cus_ id)",
+    "key_alias": "the key's key_alias (through STRIPE_CUSTOMER_MAP unless it is a cus_ id)",
+    "metadata": 'the request\'s metadata {"stripe_customer_id": "cus_..."}',
+    "end_user": "the request's end user (user field or end-user header)",
+    "user": "the request's user field",
+}
 
 ENV_VARS: Final[dict[str, str]] = {
     "STRIPE_API_KEY": "Stripe secret or restricted key (rk_ recommended); unset: local ledger only",
@@ -109,11 +126,56 @@ def logger_from_env(env: Mapping[str, str] | None = None) -> StripeLogger:
         default_customer_id=(env.get("STRIPE_DEFAULT_CUSTOMER_ID") or "").strip() or None,
         api_base=(env.get("STRIPE_API_BASE") or "").strip() or None,
     )
-    return StripeLogger(
+    logger = StripeLogger(
         meter,
         customer_resolver=resolver,
         bill_cache_hits=_flag(env, "STRIPE_BILL_CACHE_HITS"),
         metadata_key=None,
+        missing_customer_hint=_missing_customer_hint(sources),
+    )
+    _log_destination(meter, key, api_base=(env.get("STRIPE_API_BASE") or "").strip() or None)
+    return logger
+
+
+def _missing_customer_hint(sources: tuple[str, ...]) -> str:
+    """The proxy's own customer sources: the core's advice (call metadata, a
+    `meter.customer()` scope) does not apply to proxy callers."""
+    tried = "; ".join(f"{s}: {_SOURCE_FIXES[s]}" for s in sources) or "none"
+    return (
+        f"The proxy logger reads stripe_customer_id from STRIPE_CUSTOMER_SOURCE, in order: {tried}. "
+        "Set it there, or STRIPE_DEFAULT_CUSTOMER_ID; the request's own metadata is ignored "
+        "unless STRIPE_CUSTOMER_SOURCE names metadata and STRIPE_TRUST_CLIENT_FIELDS=true. "
+        "The usage record is kept in the outbox (stripe-token-meter status)."
+    )
+
+
+def _key_mode(key: str) -> str:
+    """`live` or `test` from the key's prefix (`rk_live_...`); the key itself is never shown."""
+    parts = key.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[1] in ("live", "test") else "unknown"
+
+
+def _log_destination(meter: TokenMeter, key: str | None, api_base: str | None) -> None:
+    """One start-up line saying where this proxy's meter events go, so an operator sees a
+    missing STRIPE_API_KEY (local ledger only) before the first invoice does."""
+    outbox = meter.stats()["outbox"]
+    if meter.local:
+        log.warning(
+            "litellm-stripe: no STRIPE_API_KEY set: LiteLLM token usage goes to the local "
+            "ledger only, nothing is sent to Stripe (event name %r, outbox %s). Set "
+            "STRIPE_API_KEY and restart to bill.",
+            meter.event_name,
+            outbox,
+        )
+        return
+    log.warning(
+        "litellm-stripe: billing LiteLLM token usage to Stripe (%s mode key, meter event "
+        "API %s, event name %r%s, outbox %s)",
+        _key_mode(key or ""),
+        meter.api,
+        meter.event_name,
+        f", API base {api_base}" if api_base else "",
+        outbox,
     )
 
 
