@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from stripe_token_meter import Usage, build_events, make_identifier, normalize_model
+import pytest
+from stripe_token_meter import (
+    InvalidDimension,
+    TokenMeter,
+    Usage,
+    build_events,
+    make_identifier,
+    normalize_model,
+)
 
 USAGE = Usage.from_openai(
     model="gpt-4o-2024-08-06",
@@ -67,3 +76,34 @@ def test_long_identifiers_are_hashed_deterministically() -> None:
     assert make_identifier(long_id, "output", "ev") != a
     assert make_identifier(long_id, "input", "other") != a
     assert make_identifier("r", "input", "ev") == "r:input:ev"
+
+
+def test_a_normaliser_that_makes_an_unsendable_model_is_refused(
+    local_meter: Callable[..., TokenMeter],
+) -> None:
+    def bad(provider: str | None, model: str) -> str:
+        return f"{provider}\n{model}"
+
+    with pytest.raises(InvalidDimension) as err:
+        build_events(
+            USAGE,
+            customer_id="cus_1",
+            request_id="run-1",
+            timestamp=time.time(),
+            event_name="ev",
+            token_types="basic",
+            normalizer=bad,
+        )
+    assert (err.value.code, err.value.field) == ("invalid_dimension", "model")
+    assert err.value.message == (
+        "the normaliser turned 'gpt-4o-2024-08-06' into 'openai\\ngpt-4o-2024-08-06', which "
+        "is not a string free of control or invisible characters; fix the normalize_models "
+        "callable"
+    )
+    meter = local_meter(normalize_models=bad)
+    meter.record(model="m", provider="p", customer_id="cus_a", input_tokens=1, request_id="r")
+    assert meter.flush(5)
+    assert meter._outbox.query("SELECT code, field FROM rejected") == [
+        ("invalid_dimension", "model")
+    ]
+    assert meter._outbox.query("SELECT COUNT(*) FROM events") == [(0,)]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from .dimensions import ModelNormalizer, TokenTypes
-from .usage import Usage
+from .errors import InvalidDimension
+from .usage import Usage, invisible_char
 
 MAX_IDENTIFIER: Final = 100
 
@@ -77,6 +78,13 @@ def build_events(
 ) -> list[MeterEvent]:
     """The meter events for one call, customer and request id already resolved."""
     model = normalizer(usage.provider, usage.model)
+    if not isinstance(model, str) or invisible_char(model) is not None:
+        # Usage refuses such names; this catches a custom normaliser that makes one.
+        raise InvalidDimension(
+            "model",
+            f"the normaliser turned {usage.model!r:.60} into {model!r:.60}, which is not a "
+            "string free of control or invisible characters; fix the normalize_models callable",
+        )
     ts = int(timestamp)
     events = []
     for token_type, value in split_counts(usage, token_types):
