@@ -15,6 +15,7 @@ from .errors import InvalidDimension
 from .usage import Usage, invisible_char
 
 MAX_IDENTIFIER: Final = 100
+"""Stripe's limit on an event identifier, in bytes."""
 
 TOKEN_TYPES: Final[dict[str, tuple[str, ...]]] = {
     "basic": ("input", "output"),
@@ -37,13 +38,18 @@ class MeterEvent:
 
 
 def make_identifier(request_id: str, token_type: str, event_name: str) -> str:
-    """`<request_id>:<token_type>:<event_name>`, hashed when over Stripe's 100 characters.
+    """`<request_id>:<token_type>:<event_name>`, or `stm_<sha256>` when that is not sendable.
 
+    Kept as is only when it is printable ASCII of at most Stripe's 100 bytes: Stripe counts
+    bytes, so a shorter id in another script can still be too long (78 characters, 198 bytes
+    in UTF-8), and control characters would reach Stripe's dashboard and exports.
     The event name is part of it because Stripe deduplicates identifiers across the
     account: two meters billing the same call must not take each other for a duplicate.
     """
     ident = f"{request_id}:{token_type}:{event_name}"
-    if len(ident) <= MAX_IDENTIFIER:
+    # isascii(): one character is one byte, so len() counts bytes; isprintable() on ASCII
+    # refuses exactly 0x00-0x1f and 0x7f.
+    if len(ident) <= MAX_IDENTIFIER and ident.isascii() and ident.isprintable():
         return ident
     digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
     return f"stm_{digest}"

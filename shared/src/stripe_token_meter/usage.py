@@ -249,8 +249,8 @@ class Usage:
         if self.provider is not None:
             check_text("provider", self.provider, 100)
         if self.request_id is not None:
-            # Any length or character: identifiers longer than Stripe's 100 characters are
-            # hashed (events.make_identifier).
+            # Any length or character: identifiers that are not printable ASCII of at most
+            # Stripe's 100 bytes are hashed (events.make_identifier).
             check_text("request_id", self.request_id, 10_000, visible=False)
         if self.timestamp is not None:
             s(self, "timestamp", check_timestamp("timestamp", self.timestamp))
