@@ -19,19 +19,26 @@ def python_blocks(path: Path) -> list[str]:
 
 
 BLOCKS = python_blocks(ROOT / "README.md")
+# The core package's PyPI page: its examples must run too.
+SHARED_BLOCKS = python_blocks(ROOT / "shared" / "README.md")
 
 
 def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 5
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_shared_readme_has_examples() -> None:
+    assert len(SHARED_BLOCKS) == 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS) + len(SHARED_BLOCKS)))
 def test_readme_block_runs(index: int, tmp_path: Path) -> None:
+    blocks = BLOCKS + SHARED_BLOCKS
     env = dict(os.environ, STRIPE_TOKEN_METER_OUTBOX=str(tmp_path / "outbox.sqlite3"))
     env.pop("STRIPE_API_KEY", None)
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]],
+        [sys.executable, "-c", blocks[index]],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -39,5 +46,5 @@ def test_readme_block_runs(index: int, tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, (
-        f"README block {index} failed:\n{BLOCKS[index]}\n{proc.stderr[-3000:]}"
+        f"README block {index} failed:\n{blocks[index]}\n{proc.stderr[-3000:]}"
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from stripe_token_meter import (
@@ -12,6 +15,7 @@ from stripe_token_meter import (
     InvalidIdentifier,
     InvalidTimestamp,
     InvalidTokenCount,
+    TokenMeter,
     Usage,
 )
 
@@ -127,3 +131,100 @@ def test_identifiers_and_dimensions() -> None:
     with pytest.raises(InvalidDimension, match="keys"):
         Usage(model="m", dimensions={1: "x"})  # type: ignore[dict-item]
     assert Usage(model="m", dimensions={"feature": "chat"}).dimensions == {"feature": "chat"}
+
+
+# Control (Cc), format (Cf) and line/paragraph separator (Zl, Zp) characters, ASCII and not.
+INVISIBLE = [
+    ("\x00", "U+0000"),
+    ("\n", "U+000A"),
+    ("\t", "U+0009"),
+    ("\x7f", "U+007F"),
+    ("\x85", "U+0085"),
+    ("\u200b", "U+200B"),
+    ("\u202e", "U+202E"),
+    ("\ufeff", "U+FEFF"),
+    ("\u2028", "U+2028"),
+    ("\u2029", "U+2029"),
+]
+
+
+@pytest.mark.parametrize(("char", "code"), INVISIBLE)
+def test_model_and_provider_refuse_control_and_invisible_characters(char: str, code: str) -> None:
+    with pytest.raises(InvalidIdentifier) as model_err:
+        Usage(model=f"gpt-4o{char}x")
+    assert (model_err.value.code, model_err.value.field) == ("invalid_identifier", "model")
+    assert model_err.value.message == (
+        "must not contain control or invisible characters (NUL, newline, tab, zero-width...), "
+        f"got {code} at index 6 in {f'gpt-4o{char}x'!r}; strip them before recording"
+    )
+    with pytest.raises(InvalidIdentifier) as provider_err:
+        Usage(model="gpt-4o", provider=f"{char}openai")
+    assert provider_err.value.field == "provider"
+    assert f"got {code} at index 0" in provider_err.value.message
+
+
+@pytest.mark.parametrize(("char", "code"), INVISIBLE)
+def test_dimension_keys_and_values_refuse_control_and_invisible_characters(
+    char: str, code: str
+) -> None:
+    with pytest.raises(InvalidDimension) as key_err:
+        Usage(model="m", dimensions={f"fea{char}ture": "chat"})
+    assert (key_err.value.code, key_err.value.field) == ("invalid_dimension", "dimensions")
+    assert key_err.value.message == (
+        f"key {f'fea{char}ture'!r} must not contain control or invisible characters (NUL, "
+        f"newline, tab, zero-width...), got {code} at index 3; strip them before recording"
+    )
+    with pytest.raises(InvalidDimension) as value_err:
+        Usage(model="m", dimensions={"feature": f"chat{char}"})
+    assert value_err.value.message == (
+        "value of 'feature' must not contain control or invisible characters (NUL, newline, "
+        f"tab, zero-width...), got {code} at index 4; strip them before recording"
+    )
+
+
+def test_visible_text_in_any_script_is_accepted() -> None:
+    u = Usage(
+        model="modèle-日本語 v2",
+        provider="opénai",
+        dimensions={"fonctionnalité": "recherche avancée", "emoji": "🔎"},
+        request_id="req\n1",  # request ids are hashed into identifiers, never refused
+    )
+    assert (u.model, u.request_id) == ("modèle-日本語 v2", "req\n1")
+    assert u.dimensions == {"fonctionnalité": "recherche avancée", "emoji": "🔎"}
+
+
+def test_refused_characters_through_record_are_dead_lettered(
+    local_meter: Callable[..., TokenMeter],
+) -> None:
+    meter = local_meter()
+    common: dict[str, Any] = {"customer_id": "cus_a", "input_tokens": 5}
+    meter.record(model="gpt-4o\x00", request_id="nul", **common)
+    meter.record(model="gpt-4o", provider="open\nai", request_id="newline", **common)
+    meter.record(model="gpt-4o", dimensions={"feature\u2028": "x"}, request_id="sep", **common)
+    meter.record(model="gpt-4o", dimensions={"feature": "a\u200bb"}, request_id="zw", **common)
+    meter.record(Usage(model="gpt-4o", request_id="ok", **common))
+    assert meter.flush(5)
+    rejected = meter._outbox.query("SELECT code, field, message, record FROM rejected ORDER BY id")
+    assert [(code, field) for code, field, _, _ in rejected] == [
+        ("invalid_identifier", "model"),
+        ("invalid_identifier", "provider"),
+        ("invalid_dimension", "dimensions"),
+        ("invalid_dimension", "dimensions"),
+    ]
+    assert [json.loads(r[3])["request_id"] for r in rejected] == ["nul", "newline", "sep", "zw"]
+    assert "got U+0000 at index 6" in rejected[0][2]
+    assert "got U+000A at index 4" in rejected[1][2]
+    assert "key 'feature\\u2028'" in rejected[2][2] and "U+2028 at index 7" in rejected[2][2]
+    assert "value of 'feature'" in rejected[3][2] and "U+200B at index 1" in rejected[3][2]
+    events = meter._outbox.query("SELECT identifier, model, value FROM events")
+    assert events == [("ok:input:token-billing-tokens", "gpt-4o", 5)]
+    stats = meter.stats()
+    assert (stats["dead_lettered"], stats["events"]) == (4, 1)
+
+
+def test_refused_characters_raise_in_strict_mode(local_meter: Callable[..., TokenMeter]) -> None:
+    meter = local_meter(strict=True)
+    with pytest.raises(InvalidIdentifier, match="model: must not contain control"):
+        meter.record(model="gpt\r4o", customer_id="cus_a", input_tokens=1)
+    with pytest.raises(InvalidDimension, match="value of 'team'"):
+        meter.record(model="m", customer_id="cus_a", input_tokens=1, dimensions={"team": "\x1b"})

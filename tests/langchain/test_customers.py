@@ -208,6 +208,6 @@ def test_async_plain_llm_next_to_another_inline_handler(
     asyncio.run(llm().ainvoke("hi", config=cfg))
     assert meter.flush(5)
     assert event_tuples(fake_stripe) == [
-        ("cus_x", "usage/fake-llm-1", "input", 7),
-        ("cus_x", "usage/fake-llm-1", "output", 3),
+        ("cus_x", "fake-llm-1", "input", 7),
+        ("cus_x", "fake-llm-1", "output", 3),
     ]

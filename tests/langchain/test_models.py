@@ -260,7 +260,9 @@ def test_plain_llm_invoke_ainvoke_in_a_chain(
     asyncio.run(chain.ainvoke({"x": "b"}, config=_cfg(handler, "cus_b")))
     assert meter.flush(5)
     # OpenAI-style token_usage is inclusive: basic input is prompt_tokens (cached included).
-    m = "usage/fake-llm-1"  # ls_provider: LangChain derives "usage" from the class name UsageLLM
+    # LangChain's ls_provider for UsageLLM is "usage", made up from the class name: not a
+    # provider. Nothing else names one, so the model is billed under its name alone.
+    m = "fake-llm-1"
     assert event_tuples(fake_stripe) == sorted(
         _one_call("cus_a", m, 7, 3) + _one_call("cus_b", m, 7, 3)
     )
@@ -279,7 +281,7 @@ def test_plain_llm_batch_bills_the_batch_usage_once(
         "answer to c",
     ]
     assert meter.flush(5)
-    m = "usage/fake-llm-1"
+    m = "fake-llm-1"
     if style == "openai":  # inclusive: 21 prompt tokens of which 3 cached
         expected = [
             ("cus_a", m, "input", 18),

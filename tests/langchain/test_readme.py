@@ -32,7 +32,8 @@ def test_readme_examples_run(
         "SELECT customer_id, model, token_type, value, payload FROM events ORDER BY id"
     )
     got = [(r[0], r[1], r[2], r[3]) for r in rows]
-    model = "fakemessageslistchatmodel/gpt-4o-2024-08-06"  # LangChain's provider name for the fake
+    # LangChain names the fake's provider after its class; the answer's model names it.
+    model = "openai/gpt-4o"
     assert got == [
         ("cus_NffrFeUfNV2Hib", model, "input", 12),
         ("cus_NffrFeUfNV2Hib", model, "output", 3),

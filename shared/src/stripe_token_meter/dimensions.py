@@ -50,6 +50,7 @@ _PROVIDER_ALIASES: Final[dict[str, str]] = {
     "chatvertexai": "vertex_ai",
     "vertex_ai_beta": "vertex_ai",
     "bedrock": "bedrock",
+    "bedrock_converse": "bedrock",
     "amazon_bedrock": "bedrock",
     "aws_bedrock": "bedrock",
     "bedrockconverse": "bedrock",
@@ -70,7 +71,22 @@ _PROVIDER_ALIASES: Final[dict[str, str]] = {
     "fireworks_ai": "fireworks_ai",
     "fireworks": "fireworks_ai",
     "openrouter": "openrouter",
+    "huggingface": "huggingface",
+    "perplexity": "perplexity",
 }
+
+HOSTED_PROVIDERS: Final = frozenset({"azure", "bedrock", "vertex_ai"})
+"""Clouds that serve other companies' models at their own prices. Their integrations report
+the API they speak as the answer's provider (LangChain's AzureChatOpenAI: `openai`), so the
+integration's own name for them is the one to bill under."""
+
+# Model families only one first-party API serves under these names. Open-weight families
+# (gpt-oss, llama, mistral...) are served by many hosts at different prices: not guessed.
+_FAMILIES: Final = (
+    (re.compile(r"(gpt-(?!oss)|chatgpt-|o\d+(-|$)|text-embedding-)"), "openai"),
+    (re.compile(r"claude-"), "anthropic"),
+    (re.compile(r"gemini-"), "google"),
+)
 
 
 def normalize_provider(provider: str | None) -> str | None:
@@ -79,6 +95,32 @@ def normalize_provider(provider: str | None) -> str | None:
         return None
     key = provider.strip().lower()
     return _PROVIDER_ALIASES.get(key, key)
+
+
+def known_provider(name: object) -> str | None:
+    """`name` normalised when it is a provider name real integrations use, else None.
+
+    Tells a name an integration chose (`openai`, `amazon_bedrock`, `google_genai`) from one
+    a framework made up, e.g. LangChain's class-name default for a custom model.
+    """
+    if not isinstance(name, str):
+        return None
+    return _PROVIDER_ALIASES.get(name.strip().lower())
+
+
+def infer_provider(model: object) -> str | None:
+    """The provider of a model family only its maker serves (`gpt-4o` -> `openai`), else None.
+
+    For a call that names no provider; a name that already has a `provider/` prefix, or a
+    family several hosts serve, gives None.
+    """
+    if not isinstance(model, str) or "/" in model:
+        return None
+    name = model.strip().lower()
+    for family, provider in _FAMILIES:
+        if family.match(name):
+            return provider
+    return None
 
 
 def _normalize_anthropic(model: str) -> str:

@@ -51,13 +51,20 @@ class MissingCustomer(InvalidUsage):
 
 
 class InvalidIdentifier(InvalidUsage):
-    """A request id, event name or model name breaks Stripe's length or type rules."""
+    """A request id, event name, model or provider name breaks a length, type or character rule.
+
+    Model and provider names (and event names) are sent to Stripe as they are, so control
+    and invisible characters are refused; a request id is hashed into the identifier instead.
+    """
 
     code = "invalid_identifier"
 
 
 class InvalidDimension(InvalidUsage):
-    """An extra dimension key or value is not a non-empty string, or clashes with a reserved key."""
+    """A dimension key or value is not a non-empty string of visible characters, or is reserved.
+
+    Also raised for a `model` dimension a custom normaliser made unsendable.
+    """
 
     code = "invalid_dimension"
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from .dimensions import ModelNormalizer, TokenTypes
-from .usage import Usage
+from .errors import InvalidDimension
+from .usage import Usage, invisible_char
 
 MAX_IDENTIFIER: Final = 100
+"""Stripe's limit on an event identifier, in bytes."""
 
 TOKEN_TYPES: Final[dict[str, tuple[str, ...]]] = {
     "basic": ("input", "output"),
@@ -36,13 +38,18 @@ class MeterEvent:
 
 
 def make_identifier(request_id: str, token_type: str, event_name: str) -> str:
-    """`<request_id>:<token_type>:<event_name>`, hashed when over Stripe's 100 characters.
+    """`<request_id>:<token_type>:<event_name>`, or `stm_<sha256>` when that is not sendable.
 
+    Kept as is only when it is printable ASCII of at most Stripe's 100 bytes: Stripe counts
+    bytes, so a shorter id in another script can still be too long (78 characters, 198 bytes
+    in UTF-8), and control characters would reach Stripe's dashboard and exports.
     The event name is part of it because Stripe deduplicates identifiers across the
     account: two meters billing the same call must not take each other for a duplicate.
     """
     ident = f"{request_id}:{token_type}:{event_name}"
-    if len(ident) <= MAX_IDENTIFIER:
+    # isascii(): one character is one byte, so len() counts bytes; isprintable() on ASCII
+    # refuses exactly 0x00-0x1f and 0x7f.
+    if len(ident) <= MAX_IDENTIFIER and ident.isascii() and ident.isprintable():
         return ident
     digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
     return f"stm_{digest}"
@@ -77,6 +84,13 @@ def build_events(
 ) -> list[MeterEvent]:
     """The meter events for one call, customer and request id already resolved."""
     model = normalizer(usage.provider, usage.model)
+    if not isinstance(model, str) or invisible_char(model) is not None:
+        # Usage refuses such names; this catches a custom normaliser that makes one.
+        raise InvalidDimension(
+            "model",
+            f"the normaliser turned {usage.model!r:.60} into {model!r:.60}, which is not a "
+            "string free of control or invisible characters; fix the normalize_models callable",
+        )
     ts = int(timestamp)
     events = []
     for token_type, value in split_counts(usage, token_types):

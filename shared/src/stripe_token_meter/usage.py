@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -37,6 +38,9 @@ MAX_MODEL_LENGTH: Final = 100
 RESERVED_DIMENSIONS: Final = frozenset({"model", "token_type"})
 
 _CUSTOMER_RE: Final = re.compile(r"cus_[A-Za-z0-9]+")
+_ASCII_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_INVISIBLE: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
+"""Control (NUL, newline, tab...), format (zero-width, bidi marks) and line/paragraph separators."""
 
 
 def check_count(name: str, value: object) -> int:
@@ -101,12 +105,39 @@ def check_timestamp(name: str, value: object, now: float | None = None) -> float
     return ts
 
 
-def check_text(name: str, value: object, max_len: int) -> str:
-    """A non-empty string of at most `max_len` characters (ids, model names)."""
+def invisible_char(value: str) -> str | None:
+    """The first control/format/separator character in `value` (as `U+000A at index 3`), or None.
+
+    Such characters reach Stripe's dashboard, exports and invoices as they are: a NUL or a
+    newline in a model name makes a price that never matches and a line that cannot be read.
+    """
+    if value.isascii():  # nearly always: one regex scan instead of a per-character lookup
+        found = _ASCII_CONTROL.search(value)
+        return None if found is None else f"U+{ord(found.group()):04X} at index {found.start()}"
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch) in _INVISIBLE:
+            return f"U+{ord(ch):04X} at index {i}"
+    return None
+
+
+def check_text(name: str, value: object, max_len: int, *, visible: bool = True) -> str:
+    """A non-empty string of at most `max_len` characters (ids, model names).
+
+    `visible=True` also refuses control and format characters (see `invisible_char`), for
+    text sent to Stripe as it is; request ids (`visible=False`) are hashed instead.
+    """
     if not isinstance(value, str) or not value.strip():
         raise InvalidIdentifier(name, f"must be a non-empty string, got {value!r:.40}")
     if len(value) > max_len:
         raise InvalidIdentifier(name, f"must be at most {max_len} characters, got {len(value)}")
+    if visible:
+        bad = invisible_char(value)
+        if bad is not None:
+            raise InvalidIdentifier(
+                name,
+                f"must not contain control or invisible characters (NUL, newline, tab, "
+                f"zero-width...), got {bad} in {value!r:.60}; strip them before recording",
+            )
     return value
 
 
@@ -135,6 +166,17 @@ def check_dimensions(
         if len(k) > 100 or len(v) > 100:
             raise InvalidDimension(
                 "dimensions", f"{k!r}: keys and values are at most 100 characters"
+            )
+        bad = invisible_char(k)
+        where = f"key {k!r:.60}"
+        if bad is None:
+            bad = invisible_char(v)
+            where = f"value of {k!r:.60}"
+        if bad is not None:
+            raise InvalidDimension(
+                "dimensions",
+                f"{where} must not contain control or invisible characters (NUL, newline, "
+                f"tab, zero-width...), got {bad}; strip them before recording",
             )
         out[k] = v
     return out
@@ -207,8 +249,9 @@ class Usage:
         if self.provider is not None:
             check_text("provider", self.provider, 100)
         if self.request_id is not None:
-            # Any length: identifiers longer than Stripe's 100 characters are hashed.
-            check_text("request_id", self.request_id, 10_000)
+            # Any length or character: identifiers that are not printable ASCII of at most
+            # Stripe's 100 bytes are hashed (events.make_identifier).
+            check_text("request_id", self.request_id, 10_000, visible=False)
         if self.timestamp is not None:
             s(self, "timestamp", check_timestamp("timestamp", self.timestamp))
         s(self, "dimensions", check_dimensions(self.dimensions))

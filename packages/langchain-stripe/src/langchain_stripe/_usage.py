@@ -17,15 +17,25 @@ from stripe_token_meter.provider_usage import UsageReport as Found
 __all__ = [
     "CACHE_HIT",
     "Found",
+    "billing_provider",
     "extract_error_usage",
     "extract_usage",
     "from_usage_metadata",
     "later_batch_member",
     "model_in",
+    "noted_provider",
     "only_message",
+    "provider_in",
     "replayed",
     "response_model",
+    "response_provider",
 ]
+from stripe_token_meter.dimensions import (
+    HOSTED_PROVIDERS,
+    infer_provider,
+    known_provider,
+    normalize_provider,
+)
 from stripe_token_meter.provider_usage import read_usage
 
 CACHE_HIT: Final = "cache_hit"
@@ -170,3 +180,85 @@ def response_model(result: LLMResult) -> str | None:
                 if name:
                     return name
     return model_in(result.llm_output)
+
+
+def provider_in(meta: object) -> str | None:
+    """The provider a `response_metadata` / `llm_output` mapping names (`model_provider`)."""
+    if isinstance(meta, (dict, Mapping)):
+        name = meta.get("model_provider")
+        if isinstance(name, str) and name:
+            return name
+    return None
+
+
+def response_provider(result: LLMResult) -> str | None:
+    """The provider the answer names: message `response_metadata`, else `llm_output`."""
+    for candidates in result.generations:
+        for gen in candidates:
+            name = provider_in(getattr(getattr(gen, "message", None), "response_metadata", None))
+            if name:
+                return name
+    return provider_in(result.llm_output)
+
+
+_CLASS_DEFAULTS: dict[str, frozenset[str]] = {}
+"""Class name -> the `ls_provider` values LangChain would make up from it (see below)."""
+
+
+def _class_defaults(class_name: str) -> frozenset[str]:
+    """What `BaseChatModel._get_ls_params` / `BaseLLM._get_ls_params` derive from a class name.
+
+    Chat models: a leading or trailing `Chat` stripped, lowercased (`MyCompanyModel` ->
+    `mycompanymodel`); LLMs: a trailing `LLM` stripped, lowercased. The plain lowercased name
+    too, should LangChain change its rule ("not a stable contract", its docstring says).
+    """
+    found = _CLASS_DEFAULTS.get(class_name)
+    if found is None:
+        chat = class_name
+        if chat.startswith("Chat"):
+            chat = chat[4:]
+        elif chat.endswith("Chat"):
+            chat = chat[:-4]
+        found = frozenset(
+            {chat.lower(), class_name.removesuffix("LLM").lower(), class_name.lower()}
+        )
+        if len(_CLASS_DEFAULTS) < 1024:
+            _CLASS_DEFAULTS[class_name] = found
+    return found
+
+
+def noted_provider(ls_provider: object, class_name: object, llm_type: object) -> str | None:
+    """The run's provider as its model's integration names it, or None if it names none.
+
+    `ls_provider` is kept when the integration set it, or when it is a known provider name.
+    LangChain derives it from the class name for models that do not set it: a custom
+    `MyCompanyModel` would bill as `mycompanymodel/...`; such a made-up name is dropped here
+    (`billing_provider` then looks elsewhere). `_type` (the model's `_llm_type`) counts only
+    when it is a known provider name.
+    """
+    if isinstance(ls_provider, str) and ls_provider:
+        if (
+            isinstance(class_name, str)
+            and ls_provider in _class_defaults(class_name)
+            and known_provider(ls_provider) is None
+        ):
+            return None
+        return ls_provider
+    return llm_type if isinstance(llm_type, str) and known_provider(llm_type) else None
+
+
+def billing_provider(reported: str | None, noted: str | None, model: str | None) -> str | None:
+    """The provider to bill a run under, most telling first (`normalize_model` then maps it).
+
+    1. The integration's own name when it is a cloud host (`azure`, `amazon_bedrock`,
+       `google_vertexai`): their answers name the API they speak (AzureChatOpenAI's say
+       `openai`), but the host sets the price.
+    2. The answer's `response_metadata["model_provider"]` (LangChain's integrations set it).
+    3. The integration's name, as `noted_provider` kept it.
+    4. The provider of a model family only its maker serves (`gpt-4o` -> `openai`,
+       `claude-...` -> `anthropic`, `gemini-...` -> `google`).
+    5. None: the model is billed under its name as reported, without a provider prefix.
+    """
+    if noted and normalize_provider(noted) in HOSTED_PROVIDERS:
+        return noted
+    return reported or noted or infer_provider(model)

@@ -21,14 +21,18 @@ from stripe_token_meter.usage import check_customer, check_dimensions
 from ._usage import (
     CACHE_HIT,
     Found,
+    billing_provider,
     extract_error_usage,
     extract_usage,
     from_usage_metadata,
     later_batch_member,
     model_in,
+    noted_provider,
     only_message,
+    provider_in,
     replayed,
     response_model,
+    response_provider,
 )
 
 CustomerResolver = Callable[[Mapping[str, Any]], "str | None"]
@@ -44,7 +48,9 @@ MAX_OPEN_RUNS: Final = 100_000
 """Bound on started-but-unfinished runs kept, should a framework never send their end."""
 
 # (customer_id, model, provider, dimensions, batch_size), noted at the LLM run's start.
-_Run = tuple["str | None", "str | None", "str | None", Any, int]
+# provider: (ls_provider, the model's class name, _llm_type) as LangChain reported them,
+# judged on the meter's worker (`noted_provider`), or None.
+_Run = tuple["str | None", "str | None", "tuple[Any, Any, Any] | None", Any, int]
 
 
 class StripeCallbackHandler(BaseCallbackHandler):
@@ -54,6 +60,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
     `customer_resolver(metadata)`, then a `meter.customer()` scope active when the LLM
     run started, then this handler's `customer_id`, then the meter's default.
     Extra dimensions: `dimensions` merged with `config["metadata"]["stripe_dimensions"]`.
+    Provider of the `model` dimension: see `_usage.billing_provider` (never a class name).
     """
 
     run_inline = True
@@ -118,7 +125,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, metadata, kwargs)
+        self._start(run_id, serialized, metadata, kwargs)
 
     def on_llm_start(
         self,
@@ -129,10 +136,14 @@ class StripeCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, metadata, kwargs)
+        self._start(run_id, serialized, metadata, kwargs)
 
     def _start(
-        self, run_id: UUID, metadata: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+        self,
+        run_id: UUID,
+        serialized: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
     ) -> None:
         try:
             meta = metadata or {}
@@ -150,7 +161,9 @@ class StripeCallbackHandler(BaseCallbackHandler):
                 dims = {**dims, **extra} if isinstance(extra, Mapping) else extra
             params = kwargs.get("invocation_params") or {}
             model = meta.get("ls_model_name") or params.get("model") or params.get("model_name")
-            provider = meta.get("ls_provider") or params.get("_type")
+            ident = serialized.get("id") if serialized else None
+            cls_name = ident[-1] if isinstance(ident, list) and ident else None
+            provider = (meta.get("ls_provider"), cls_name, params.get("_type"))
             runs = self._runs
             if len(runs) >= MAX_OPEN_RUNS:
                 with suppress(KeyError, RuntimeError, StopIteration):
@@ -205,7 +218,8 @@ class StripeCallbackHandler(BaseCallbackHandler):
                     self.meter.report_missing_usage(f"LangChain {model}", MISSING_USAGE_FIX)
                 return
             model = response_model(response)
-            self.meter.record(**_arguments(found, model, run_id, run, self.customer_id))
+            reported = response_provider(response)
+            self.meter.record(**_arguments(found, model, reported, run_id, run, self.customer_id))
         except Exception as exc:
             self._failed(exc)
 
@@ -217,8 +231,12 @@ class StripeCallbackHandler(BaseCallbackHandler):
             response = kwargs.get("response")
             found = extract_error_usage(response)
             if found is not None:
-                model = response_model(response) if isinstance(response, LLMResult) else None
-                self.meter.record(**_arguments(found, model, run_id, run, self.customer_id))
+                model = reported = None
+                if isinstance(response, LLMResult):
+                    model, reported = response_model(response), response_provider(response)
+                self.meter.record(
+                    **_arguments(found, model, reported, run_id, run, self.customer_id)
+                )
         except Exception as exc:
             self._failed(exc)
 
@@ -236,8 +254,9 @@ class StripeCallbackHandler(BaseCallbackHandler):
         if replayed(usage, message_id, run_id):
             return None  # replayed from LangChain's cache: the provider was not called
         model = model_in(response_metadata) or model_in(llm_output)
+        reported = provider_in(response_metadata) or provider_in(llm_output)
         found: Found = ("openai", from_usage_metadata(usage))
-        return _arguments(found, model, run_id, run, fallback_customer_id)
+        return _arguments(found, model, reported, run_id, run, fallback_customer_id)
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, InvalidUsage) and self.meter.strict:
@@ -246,17 +265,24 @@ class StripeCallbackHandler(BaseCallbackHandler):
 
 
 def _arguments(
-    found: Found, model: str | None, run_id: UUID, run: _Run, fallback_customer_id: str | None
+    found: Found,
+    model: str | None,
+    reported: str | None,
+    run_id: UUID,
+    run: _Run,
+    fallback_customer_id: str | None,
 ) -> dict[str, Any]:
-    """`record()`'s keyword arguments for a run's usage and the model that answered."""
+    """`record()`'s keyword arguments for a run's usage and the model and provider that answered."""
     counts, fields = found
-    customer, asked, provider, dims, _ = run
+    customer, asked, named, dims, _ = run
     if dims:
         fields["dimensions"] = dims
+    model = model or asked
+    noted = noted_provider(*named) if named else None
     return {
         "counts": counts,
-        "model": model or asked,
-        "provider": provider,
+        "model": model,
+        "provider": billing_provider(reported, noted, model),
         "customer_id": customer,
         "request_id": str(run_id),
         "fallback_customer_id": fallback_customer_id,
