@@ -436,10 +436,10 @@ class TokenMeter:
             return []
         rows: list[Row] = []
         if lease_owner is not None and not self.local:
-            rows = self._outbox.add_leased(events, lease_owner, self._lease)
+            rows = self._outbox.add_leased(events, lease_owner, self._lease, api=self.api)
             added = len(rows)
         else:
-            added = self._outbox.add(events, LOCAL if self.local else PENDING)
+            added = self._outbox.add(events, LOCAL if self.local else PENDING, api=self.api)
         self._count("events", added)
         if added < len(events):
             self._count("duplicates", len(events) - added)
