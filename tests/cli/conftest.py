@@ -30,6 +30,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "STRIPE_API_BASE",
         "STRIPE_METER_EVENT_NAME",
         "STRIPE_TOKEN_METER_OUTBOX",
+        "COLUMNS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))

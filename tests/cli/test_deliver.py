@@ -78,6 +78,7 @@ def test_replay_holds_back_unconfirmed_events_unless_named(cli: Cli, seeded: See
     [row] = outbox.add_leased([stored_event("late1")], "me", 30.0)
     outbox.mark_dead([(row.id, UNCONFIRMED_CODE, "sent 2 days ago without an answer")])
     outbox.close()
+    seeded.fake.create_customer("cus_missing")  # dead1's cause, fixed: it is billed via v1
     r = cli("replay", "--json", "--timeout", "20", *seeded.flags())
     assert r.code == 0, r.out + r.err
     assert (r.json()["requeued"], r.json()["held_back"]) == (2, 1)  # dead1's two events

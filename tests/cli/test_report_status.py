@@ -138,7 +138,7 @@ def test_status_and_report_read_an_outbox_older_than_their_columns(
     path = tmp_path / "old.sqlite3"
     write_old_outbox(path, "dead")
     status = cli("status", "--json", "--outbox", str(path))
-    assert status.code == 0 and status.json()["healthy"] is False, status.err
+    assert status.code == 1 and status.json()["healthy"] is False, status.err
     counts = status.json()["counts"]
     assert (counts["dead"], counts["rejected"], counts["rejected_resolved"]) == (1, 1, 0)
     report = cli("report", "--json", "--outbox", str(path))

@@ -174,6 +174,9 @@ def test_an_outbox_from_before_the_columns_gets_them_and_the_index(tmp_path: Pat
     path = tmp_path / "old.sqlite3"
     write_old_outbox(path, "pending")
     outbox = Outbox(path)
+    assert outbox.query("SELECT api FROM events") == [(None,)]  # sent how: not recorded then
+    columns = {r[1]: r[2] for r in outbox.query("PRAGMA table_info(events)")}
+    assert columns["api"] == "TEXT"
     assert (outbox.counts()["rejected"], outbox.counts()["rejected_resolved"]) == (1, 0)
     assert outbox.resolve_rejected("missing_customer") == 1
     assert (outbox.counts()["rejected"], outbox.counts()["rejected_resolved"]) == (0, 1)

@@ -1,4 +1,5 @@
-"""An outbox file as versions before `events.unconfirmed` and `rejected.resolved` wrote it."""
+"""An outbox file as versions before `events.unconfirmed`, `events.api` and
+`rejected.resolved` wrote it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ def write_old_outbox(path: Path, event_status: str) -> None:
     """The older schema, one event ('a', 5 input tokens) in `event_status` and one rejected
     `missing_customer` record."""
     old_schema = _SCHEMA.replace(
-        "    delivered REAL,\n    unconfirmed REAL\n", "    delivered REAL\n"
+        "    delivered REAL,\n    unconfirmed REAL,\n    api TEXT\n", "    delivered REAL\n"
     ).replace("    record TEXT NOT NULL,\n    resolved REAL\n", "    record TEXT NOT NULL\n")
     assert "unconfirmed" not in old_schema and "resolved REAL" not in old_schema
+    assert "api TEXT" not in old_schema
     with sqlite3.connect(path) as db:
         db.executescript(old_schema)
         db.execute(

@@ -365,7 +365,13 @@ class Intake:
         status = LOCAL if self.local else PENDING
         owner = lease_owner if not self.local else None
         added, rows = self.outbox.ingest(
-            events, rejects, progress or (), status=status, owner=owner, lease_seconds=self._lease
+            events,
+            rejects,
+            progress or (),
+            status=status,
+            owner=owner,
+            lease_seconds=self._lease,
+            api=self.api,
         )
         if recorded:
             self.health.count("recorded", recorded)

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS events (
     error_message TEXT,
     created REAL NOT NULL,
     delivered REAL,
-    unconfirmed REAL
+    unconfirmed REAL,
+    api TEXT
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt, id);
 CREATE INDEX IF NOT EXISTS events_delivered ON events (delivered) WHERE status='delivered';
@@ -73,8 +74,11 @@ CREATE TABLE IF NOT EXISTS adjustments (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
-_ADDED_COLUMNS: Final = (("events", "unconfirmed"), ("rejected", "resolved"))
-"""Columns later versions added (all REAL, NULL by default): added to older files on open."""
+_ADDED_COLUMNS: Final = (("events", "unconfirmed"), ("rejected", "resolved"), ("events", "api"))
+"""Columns later versions added (NULL by default): added to older files on open."""
+_ADDED_TYPES: Final = {("events", "api"): "TEXT"}
+"""Types of `_ADDED_COLUMNS` that are not REAL. `events.api`: 'v1' or 'v2', the API the
+event was recorded to be sent with (NULL: written before the column existed)."""
 UNCONFIRMED_CODE: Final = "unconfirmed_past_dedup_window"
 UNCONFIRMED_LIMIT: Final = DEDUP_WINDOW - 3600.0
 """A row first sent without a confirmed outcome longer ago than this is not sent again:
@@ -113,9 +117,9 @@ minutes ahead stays until its own timestamp is past the window too."""
 
 _INSERT_COLUMNS: Final = (
     "identifier, event_name, customer_id, model, token_type, value, timestamp, payload,"
-    " status, created, delivered, lease_owner, lease_until"
+    " status, created, delivered, lease_owner, lease_until, api"
 )
-_N_COLUMNS: Final = 13
+_N_COLUMNS: Final = 14
 _INSERT_SQL: dict[int, str] = {}
 
 
@@ -295,11 +299,12 @@ class Outbox:
             )
             conn.execute("PRAGMA busy_timeout=30000")
             self._check_foreign(conn)
+            nulls: dict[str, str] = {}
             for table, column in _missing_columns(conn):  # an older file, left as it is:
-                # a temp view of the same name (searched first) adds the column as NULL
-                conn.execute(
-                    f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS {column} FROM main.{table}"
-                )
+                nulls[table] = nulls.get(table, "") + f", NULL AS {column}"
+            for table, columns in nulls.items():
+                # a temp view of the same name (searched first) adds the columns as NULL
+                conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *{columns} FROM main.{table}")
             return conn
         if self.path != ":memory:":
             _create_private(self.path)
@@ -320,8 +325,9 @@ class Outbox:
         self._check_foreign(conn)
         conn.executescript(_SCHEMA)
         for table, column in _missing_columns(conn):  # a file from before them
+            kind = _ADDED_TYPES.get((table, column), "REAL")
             try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # not another process's doing
                     raise
@@ -421,12 +427,20 @@ class Outbox:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def add(self, events: Iterable[MeterEvent], status: str = PENDING) -> int:
-        """Insert events; an identifier already present is ignored (never doubled). Returns new rows."""
-        return self._insert(events, status, None, 0.0)[0]
+    def add(
+        self, events: Iterable[MeterEvent], status: str = PENDING, *, api: str | None = None
+    ) -> int:
+        """Insert events; an identifier already present is ignored (never doubled). Returns new rows.
+        `api` ('v1'/'v2'): how they are to be sent, so a replay resends them the same way."""
+        return self._insert(events, status, None, 0.0, api=api)[0]
 
     def add_leased(
-        self, events: Iterable[MeterEvent], owner: str, lease_seconds: float
+        self,
+        events: Iterable[MeterEvent],
+        owner: str,
+        lease_seconds: float,
+        *,
+        api: str | None = None,
     ) -> list[Row]:
         """Insert pending events already leased to `owner`; returns the new ones as claimed rows.
 
@@ -434,7 +448,7 @@ class Outbox:
         every row and decodes its payload, 15 % of the worker's time at 13,000 events/s.
         Identifiers already present are left out, exactly as `add` does.
         """
-        return self._insert(events, PENDING, owner, time.time() + lease_seconds)[1]
+        return self._insert(events, PENDING, owner, time.time() + lease_seconds, api=api)[1]
 
     def ingest(
         self,
@@ -445,12 +459,13 @@ class Outbox:
         status: str = PENDING,
         owner: str | None = None,
         lease_seconds: float = 0.0,
+        api: str | None = None,
     ) -> tuple[int, list[Row]]:
         """Events, rejected records and how far each journal segment was read, in one
         transaction: a crash either keeps all of it or none, so a journal is never read
         into the outbox twice. (rows added, those rows leased to `owner` if given)."""
         lease_until = time.time() + lease_seconds if owner is not None else 0.0
-        return self._insert(events, status, owner, lease_until, rejects, progress)
+        return self._insert(events, status, owner, lease_until, rejects, progress, api=api)
 
     def journal_offset(self, segment: str) -> int:
         """How far `segment` is already in the outbox (0 if never read)."""
@@ -473,6 +488,8 @@ class Outbox:
         lease_until: float,
         rejects: Sequence[Reject] = (),
         progress: Sequence[Progress] = (),
+        *,
+        api: str | None = None,
     ) -> tuple[int, list[Row]]:
         """(rows added, and with an `owner` those rows as claimed by it)."""
         now = time.time()
@@ -492,6 +509,7 @@ class Outbox:
                 now if status == LOCAL else None,
                 owner,
                 lease_until,
+                api,
             )
             for e in batch
         ]
@@ -894,3 +912,120 @@ class Outbox:
         """Read-only queries for reports (the CLI)."""
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())
+
+    # -- per-API delivery and reports (the CLI: flush, replay, status, report) -------------
+
+    def pending_by_api(self, default_api: str) -> dict[str, int]:
+        """Pending rows per API they are to be sent with (`default_api` for rows older than
+        the `api` column): the CLI delivers each group through its own API."""
+        rows = self.query(
+            "SELECT COALESCE(api, ?), COUNT(*) FROM events WHERE status='pending' GROUP BY 1",
+            (default_api,),
+        )
+        return {str(a): int(n) for a, n in rows}
+
+    def hold_other_apis(self, api: str, default_api: str, seconds: float) -> list[int]:
+        """Keep pending rows of APIs other than `api` from being claimed for `seconds`
+        (returns their ids, for `release_held`), so a sender on `api` never sends them.
+
+        The hold is a lease without an owner: should the holder die, it simply runs out,
+        and `claim` never takes an ownerless lease for a send that may have happened. Rows
+        leased now are left alone; one whose owner's lease ran out is stamped unconfirmed
+        first, exactly as `claim` would."""
+        now = time.time()
+        with self._lock:
+            return [
+                int(r[0])
+                for r in self._conn.execute(
+                    "UPDATE events SET unconfirmed=CASE WHEN lease_owner IS NULL THEN unconfirmed"
+                    " ELSE COALESCE(unconfirmed, lease_until) END, lease_owner=NULL, lease_until=?"
+                    " WHERE status='pending' AND lease_until<=? AND COALESCE(api, ?)<>?"
+                    " RETURNING id",
+                    (now + seconds, now, default_api, api),
+                ).fetchall()
+            ]
+
+    def release_held(self, ids: Sequence[int]) -> None:
+        """End `hold_other_apis`' hold on rows still pending and not leased since."""
+        self._update_ids(
+            "UPDATE events SET lease_until=CASE WHEN lease_owner IS NULL THEN 0"
+            " ELSE lease_until END",
+            (),
+            ids,
+            pending_only=True,
+        )
+
+    def replayable_rows(self, code: str | None = None) -> list[tuple[int, str | None, str]]:
+        """(id, api, error code) of the dead letters `requeue_dead(code)` would put back."""
+        where, params = _replayable(code)
+        return [
+            (int(i), None if a is None else str(a), str(c))
+            for i, a, c in self.query(
+                "SELECT id, api, COALESCE(error_code, 'unknown') FROM events WHERE " + where,
+                params,
+            )
+        ]
+
+    def requeue_dead_ids(self, ids: Sequence[int]) -> int:
+        """`requeue_dead` for these dead letters only; returns how many went back."""
+        n = 0
+        with self._lock:
+            for lo in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[lo : lo + _IN_CHUNK]
+                n += self._conn.execute(
+                    "UPDATE events SET status='pending', next_attempt=0, lease_until=0,"
+                    f" unconfirmed=NULL WHERE status='dead' AND id IN ({','.join('?' * len(chunk))})",
+                    tuple(chunk),
+                ).rowcount
+        return n
+
+    def outcomes(
+        self, ids: Sequence[int], default_api: str
+    ) -> list[tuple[str, str, str | None, int]]:
+        """(api, status, error code if dead, rows) of these rows: what a replay achieved."""
+        out: list[tuple[str, str, str | None, int]] = []
+        for lo in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[lo : lo + _IN_CHUNK]
+            out += [
+                (str(a), str(s), None if c is None else str(c), int(n))
+                for a, s, c, n in self.query(
+                    "SELECT COALESCE(api, ?), status, CASE WHEN status='dead' THEN"
+                    " COALESCE(error_code, 'unknown') END, COUNT(*) FROM events"
+                    f" WHERE id IN ({','.join('?' * len(chunk))}) GROUP BY 1, 2, 3",
+                    (default_api, *chunk),
+                )
+            ]
+        return out
+
+    def apis(self, *, since: float | None = None, customer: str | None = None) -> dict[str, int]:
+        """Events per API they were recorded to be sent with ('unknown': written before the
+        `api` column); local-ledger rows are never sent and are left out."""
+        rows = self.query(
+            "SELECT COALESCE(api, 'unknown'), COUNT(*) FROM events WHERE status<>'local'"
+            " AND (? IS NULL OR timestamp>=?) AND (? IS NULL OR customer_id=?) GROUP BY 1",
+            (since, since, customer, customer),
+        )
+        return {str(a): int(n) for a, n in rows}
+
+    def event_names(self) -> dict[str, int]:
+        """Events per meter event name."""
+        rows = self.query("SELECT event_name, COUNT(*) FROM events GROUP BY 1 ORDER BY 1")
+        return {str(e): int(n) for e, n in rows}
+
+    def last_delivered(self) -> float | None:
+        """When an event was last delivered (among the delivered rows still kept)."""
+        value = self.query("SELECT MAX(delivered) FROM events WHERE status='delivered'")[0][0]
+        return None if value is None else float(value)
+
+    def rejected_count(self, *, since: float | None = None, customer: str | None = None) -> int:
+        """Rejected usage records (created at or after `since`); with `customer`, only the
+        records whose own customer is that one: the call's `customer_id`, else its scope's,
+        else its fallback (as the meter picks it; the record JSON keeps all three)."""
+        value = self.query(
+            "SELECT COUNT(*) FROM rejected WHERE (? IS NULL OR created>=?) AND (? IS NULL OR"
+            " COALESCE(NULLIF(json_extract(record, '$.customer_id'), ''),"
+            " NULLIF(json_extract(record, '$.scope_customer'), ''),"
+            " NULLIF(json_extract(record, '$.fallback_customer'), ''))=?)",
+            (since, since, customer, customer),
+        )[0][0]
+        return int(value)

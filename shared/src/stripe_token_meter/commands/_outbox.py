@@ -42,11 +42,14 @@ def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False)
     return outbox
 
 
-def remember_error(outbox: Outbox, error: str | None, source: str) -> None:
+def remember_error(outbox: Outbox, error: str | None, source: str, *, paused: bool = False) -> None:
     """Keep the last delivery error in the outbox so `status` in another process shows it;
-    `None` (everything delivered) clears it."""
-    if error:
-        value = {"at": time.time(), "error": error, "source": source}
+    `None` (everything delivered) clears it. `paused`: the run ended with the meter holding
+    delivery back (key refused, Stripe down or pushing back), which `status` reports."""
+    if error or paused:
+        value = {"at": time.time(), "error": error or "delivery paused", "source": source}
+        if paused:
+            value["paused"] = True
         outbox.set_meta(META_LAST_ERROR, json.dumps(value))
     else:
         outbox.set_meta(META_LAST_ERROR, "")
@@ -62,8 +65,13 @@ def last_error(outbox: Outbox) -> dict[str, Any] | None:
         except ValueError:
             value = raw
         if isinstance(value, dict):
-            return {"at": value.get("at"), "error": str(value.get("error")), "source": "meta"}
-        return {"at": None, "error": str(value), "source": "meta"}
+            return {
+                "at": value.get("at"),
+                "error": str(value.get("error")),
+                "source": "meta",
+                "paused": value.get("paused") is True,
+            }
+        return {"at": None, "error": str(value), "source": "meta", "paused": False}
     rows = outbox.query(
         "SELECT error_code, error_message FROM events WHERE error_message IS NOT NULL"
         " AND status IN ('pending', 'dead') ORDER BY id DESC LIMIT 1"
@@ -71,4 +79,4 @@ def last_error(outbox: Outbox) -> dict[str, Any] | None:
     if not rows:
         return None
     code, message = rows[0]
-    return {"at": None, "error": f"{code}: {message}", "source": "events"}
+    return {"at": None, "error": f"{code}: {message}", "source": "events", "paused": False}

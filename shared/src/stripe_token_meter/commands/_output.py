@@ -7,6 +7,7 @@ consoles are created per call so they write to whatever `sys.stdout` is at that 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -15,14 +16,20 @@ from rich.console import Console
 from ._errors import redact
 
 
+def _width(tty: bool) -> int | None:
+    """A terminal's own width, or `$COLUMNS` if set; else 120, so tables in pipes do not
+    fold at rich's default of 80."""
+    return None if tty or os.environ.get("COLUMNS") else 120
+
+
 def out() -> Console:
-    """Console for results (stdout); wide enough that tables do not fold in pipes."""
-    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120, highlight=False)
+    """Console for results (stdout)."""
+    return Console(file=sys.stdout, width=_width(sys.stdout.isatty()), highlight=False)
 
 
 def err() -> Console:
     """Console for progress and warnings (stderr), so stdout stays parseable."""
-    return Console(file=sys.stderr, width=None if sys.stderr.isatty() else 120, highlight=False)
+    return Console(file=sys.stderr, width=_width(sys.stderr.isatty()), highlight=False)
 
 
 def print_json(obj: Any) -> None:

@@ -100,14 +100,14 @@ def run(args: argparse.Namespace) -> int:
         f" WHERE {' AND '.join(where)} GROUP BY 1, 2, 3, 4",
         params,
     )
-    rejected_sql = "SELECT COUNT(*) FROM rejected" + (" WHERE created >= ?" if args.since else "")
-    rejected = outbox.query(rejected_sql, [args.since] if args.since else [])[0][0]
+    rejected = outbox.rejected_count(since=args.since, customer=args.customer or None)
     report = build_report(rows)
     report.update(
         outbox=str(cfg.outbox_path),
         since=iso(args.since) if args.since is not None else None,
         customer=args.customer,
-        rejected_records=int(rejected),
+        rejected_records=rejected,
+        apis=outbox.apis(since=args.since, customer=args.customer or None),
     )
     if args.json:
         print_json(report)
@@ -132,12 +132,15 @@ def _print(report: dict[str, Any]) -> None:
         console.print(f"{title}: nothing recorded.")
         return
     table = Table(title=title, title_justify="left", show_footer=True)
-    table.add_column("customer", footer="total")
-    table.add_column("model")
+    # Ids and model names are shown whole, folded onto more lines if the terminal is narrow.
+    table.add_column("customer", footer="total", overflow="fold")
+    table.add_column("model", overflow="fold")
     table.add_column("token type")
     totals = report["totals"]
-    for status in (*STATUSES, "total"):
-        table.add_column(status, justify="right", footer=f"{totals[status]:,}")
+    # Statuses with no tokens in scope are left out: room for the names on narrow terminals.
+    shown = [s for s in STATUSES if totals[s]] + ["total"]
+    for status in shown:
+        table.add_column(status, justify="right", footer=f"{totals[status]:,}", no_wrap=True)
     last = None
     for r in report["rows"]:
         if last is not None and r["customer"] != last:
@@ -146,7 +149,7 @@ def _print(report: dict[str, Any]) -> None:
             r["customer"] if r["customer"] != last else "",
             r["model"],
             r["token_type"],
-            *(_n(r[s]) for s in (*STATUSES, "total")),
+            *(_n(r[s]) for s in shown),
         )
         last = r["customer"]
     console.print(table)
@@ -162,6 +165,13 @@ def _print(report: dict[str, Any]) -> None:
             else ""
         )
     )
+    if report["apis"]:
+        console.print(
+            "sent with api "
+            + ", ".join(f"{a} ({n:,} events)" for a, n in sorted(report["apis"].items()))
+            + " (unknown: recorded before the outbox kept it).",
+            soft_wrap=True,
+        )
     if totals["local"]:
         console.print(
             "[yellow]local[/] rows were recorded without an API key (local ledger) and are never "

@@ -2,7 +2,10 @@
 
 Why: dead letters and rejected records are money not billed; each comes with Stripe's
 (or our) error code, and the operator needs the fix for that code, the backlog's age and
-whether a key is configured at all (never the key itself).
+whether a key is configured at all (never the key itself). What the outbox itself
+recorded (APIs, event names, last delivery) is shown apart from this shell's own
+configuration, which may not be the one the app ran with. The exit code makes it a
+container health check: 0 healthy, 1 needs attention, 2 cannot tell (usage, no outbox).
 """
 
 from __future__ import annotations
@@ -15,10 +18,20 @@ from rich.table import Table
 
 from ..outbox import Outbox
 from ._config import Config, load_config
-from ._errors import EXIT_OK, one_line, redact
+from ._errors import EXIT_FAILED, EXIT_OK, one_line, redact
 from ._outbox import last_error, open_outbox
 from ._output import ago, out, print_json
+from ._since import iso
 from .fixes import fix_for
+
+DEFAULT_MAX_PENDING_AGE = 15 * 60.0
+"""Pending longer than this is unhealthy: the worker retries within a minute, so such a
+backlog means delivery is stuck (Stripe down, key refused, no process running)."""
+EXIT_CODES = (
+    "exit codes: 0 healthy; 1 needs attention (dead letters or rejected usage records "
+    "waiting, an event pending longer than --max-pending-age, delivery paused, events in "
+    "the local ledger); 2 usage or configuration error (bad flag, no outbox at the path)"
+)
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -28,13 +41,43 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="outbox depth, dead letters with their fixes, last error, key configured",
         description="Delivery health of the outbox: pending depth and age, dead letters by "
         "error code with the fix for each, rejected usage records, the last delivery error, "
-        "and whether an API key is configured (never shown).",
+        "and whether an API key is configured (never shown). What the outbox recorded "
+        "(APIs, event names, last delivery) is shown apart from this shell's configuration. "
+        "Usable as a container health check (exit codes below).",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--max-pending-age",
+        type=_duration,
+        default=DEFAULT_MAX_PENDING_AGE,
+        metavar="DURATION",
+        help="unhealthy if an event has been pending longer than this: seconds or 30s, 15m, "
+        "2h (default 15m)",
+    )
     p.set_defaults(func=run)
 
 
-def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, Any]:
+def _duration(text: str) -> float:
+    """`900`, `30s`, `15m`, `2h`: seconds."""
+    units = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86_400.0}
+    raw = text.strip().lower()
+    unit = next((u for u in ("min", "s", "m", "h", "d") if raw.endswith(u)), "")
+    try:
+        value = float(raw.removesuffix(unit)) * units.get(unit, 1.0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds or 30s, 15m, 2h, got {text!r}")
+    return value
+
+
+def collect(
+    cfg: Config,
+    outbox: Outbox,
+    now: float | None = None,
+    max_pending_age: float = DEFAULT_MAX_PENDING_AGE,
+) -> dict[str, Any]:
     """Everything `status` shows, as plain data. `counts["delivered"]` covers the delivered
     rows still kept (`TokenMeter(retain_delivered=...)`, 35 days by default)."""
     now = time.time() if now is None else now
@@ -53,8 +96,16 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
     warnings = []
     if counts["pending"] and cfg.api_key is None:
         warnings.append(
-            f"{counts['pending']} event(s) are pending but no API key is configured here: set "
-            "STRIPE_API_KEY and run `stripe-token-meter flush`"
+            f"{counts['pending']} event(s) are pending but no API key is configured in this "
+            "shell: to deliver them from here, set STRIPE_API_KEY and run "
+            "`stripe-token-meter flush`"
+        )
+    names = outbox.event_names()
+    if names and cfg.event_name not in names:
+        warnings.append(
+            f"this shell's event name {cfg.event_name} is not the outbox's "
+            f"({', '.join(names)}): pass --event-name or set STRIPE_METER_EVENT_NAME as the "
+            "app does"
         )
     if counts["local"]:
         warnings.append(
@@ -64,6 +115,21 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
     err = last_error(outbox)
     if err is not None:
         err["error"] = redact(one_line(err["error"]))
+    age = None if oldest is None else round(now - float(oldest), 3)
+    problems = []
+    if counts["dead"]:
+        problems.append(f"{counts['dead']:,} dead-lettered event(s)")
+    if counts["rejected"]:
+        problems.append(f"{counts['rejected']:,} rejected usage record(s)")
+    if age is not None and age > max_pending_age:
+        problems.append(
+            f"events pending for {ago(age)} (more than --max-pending-age {ago(max_pending_age)})"
+        )
+    if counts["local"]:  # a keyless process: never billed (withdraw with `cancel`)
+        problems.append(f"{counts['local']:,} event(s) in the local ledger, never sent")
+    if err is not None and err["paused"] and counts["pending"]:
+        problems.append(f"delivery paused ({err['error']})")
+    delivered_at = outbox.last_delivered()
     return {
         "outbox": str(cfg.outbox_path),
         "outbox_source": cfg.outbox_source,
@@ -89,7 +155,16 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
                 "rejected_resolved",
             )
         },
-        "oldest_pending_age_seconds": None if oldest is None else round(now - float(oldest), 3),
+        "recorded": {
+            "apis": outbox.apis(),
+            "event_names": names,
+            "last_delivered_at": None if delivered_at is None else iso(delivered_at),
+            "last_delivered_age_seconds": (
+                None if delivered_at is None else round(now - delivered_at, 3)
+            ),
+        },
+        "oldest_pending_age_seconds": age,
+        "max_pending_age_seconds": max_pending_age,
         "dead_letters": [
             {
                 "code": code,
@@ -114,18 +189,23 @@ def collect(cfg: Config, outbox: Outbox, now: float | None = None) -> dict[str, 
         "adjustments": {str(k): int(v) for k, v in adjustments.items()},
         "last_error": err,
         "warnings": warnings,
-        "healthy": not (counts["dead"] or counts["rejected"] or warnings),
+        "problems": problems,
+        "healthy": not problems,
     }
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    data = collect(cfg, open_outbox(cfg, readonly=True))
+    data = collect(cfg, open_outbox(cfg, readonly=True), max_pending_age=args.max_pending_age)
     if args.json:
         print_json(data)
     else:
         _print(data)
-    return EXIT_OK
+    return EXIT_OK if data["healthy"] else EXIT_FAILED
+
+
+def _counted(values: dict[str, int]) -> str:
+    return ", ".join(f"{k} ({v:,})" for k, v in values.items()) or "-"
 
 
 def _print(d: dict[str, Any]) -> None:
@@ -133,14 +213,24 @@ def _print(d: dict[str, Any]) -> None:
     c = d["counts"]
     key = d["key"]
     key_text = (
-        f"configured ({key['kind']}, from {key['source']})"
-        if key["configured"]
-        else "not configured (events go to the local ledger)"
+        f"configured ({key['kind']}, from {key['source']})" if key["configured"] else "not set"
     )
+    rec = d["recorded"]
     console.print(f"[bold]Outbox[/] {d['outbox']} ({d['outbox_source']})")
     console.print(
-        f"[bold]API key[/] {key_text}; api {d['api']}"
-        + (f", base {d['api_base']}" if d["api_base"] else "")
+        f"[bold]Recorded in the outbox:[/] sent with api {_counted(rec['apis'])}; event name "
+        f"{_counted(rec['event_names'])}; last delivery "
+        + (
+            f"{rec['last_delivered_at']} ({ago(rec['last_delivered_age_seconds'])} ago)"
+            if rec["last_delivered_at"]
+            else "none kept"
+        ),
+        soft_wrap=True,
+    )
+    console.print(
+        f"[bold]This shell's configuration:[/] API key {key_text}; api {d['api']}; event name "
+        f"{d['event_name']}" + (f"; base {d['api_base']}" if d["api_base"] else ""),
+        soft_wrap=True,
     )
     console.print(
         f"[bold]Events[/] {c['pending']:,} pending ({c['retrying']:,} retrying, oldest "
@@ -169,4 +259,7 @@ def _print(d: dict[str, Any]) -> None:
         console.print(table)
     for w in d["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
-    console.print("[green]healthy[/]" if d["healthy"] else "[yellow]needs attention[/]")
+    if d["healthy"]:
+        console.print("[green]healthy[/]")
+    else:
+        console.print("[yellow]needs attention:[/] " + "; ".join(d["problems"]), soft_wrap=True)
