@@ -51,7 +51,7 @@ def child(url: str, outbox: str, index: int, n: int, tag: str, timeout: float) -
     if not ok:
         print(f"flush timed out:\n{c.diagnose(meter)}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - t0
-    delivered_here = meter._delivered_in_process
+    delivered_here = meter._health.delivered
     meter.close(timeout=5)
     out = {"ok": ok, "record_s": recorded, "elapsed": elapsed, "delivered_here": delivered_here}
     print("RESULT " + json.dumps(out), flush=True)

@@ -19,6 +19,7 @@ SCRIPTS = [
     "multiprocess.py",
     "caller_overhead.py",
     "http_clients.py",
+    "durability.py",
 ]
 
 

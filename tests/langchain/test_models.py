@@ -205,7 +205,7 @@ def test_a_cache_hit_right_after_a_call_leaves_that_call_billed(
     must still be what the provider reported, not the hit's mark.
     """
     model = chat(cache=InMemoryCache())
-    with meter._drain_lock:  # the worker reads nothing until both calls have returned
+    with meter._intake._drain_lock:  # the worker reads nothing until both calls have returned
         model.invoke("same", config=_cfg(handler, "cus_a"))
         model.invoke("same", config=_cfg(handler, "cus_a"))  # served by LangChain's cache
     assert meter.flush(5)
@@ -241,7 +241,7 @@ def test_the_handler_customer_is_the_one_set_when_the_call_ended(
     """An app re-pointing one handler per request: calls still queued keep their customer."""
     handler = StripeCallbackHandler(meter, customer_id="cus_a")
     model = chat()
-    with meter._drain_lock:  # the worker reads nothing until both calls have returned
+    with meter._intake._drain_lock:  # the worker reads nothing until both calls have returned
         model.invoke("x", config={"callbacks": [handler]})
         handler.customer_id = "cus_b"
         model.invoke("y", config={"callbacks": [handler]})

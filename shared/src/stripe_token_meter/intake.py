@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import logging
 import marshal
+import operator
 import os
 import pickle
 import queue
@@ -64,11 +65,18 @@ class LaterRecord:
 Item = RawRecord | LaterRecord
 
 
+_usage_fields = operator.attrgetter(*Usage.__dataclass_fields__)
+_DIMENSIONS = len(Usage.__dataclass_fields__) - 1
+assert tuple(Usage.__dataclass_fields__)[_DIMENSIONS] == "dimensions"
+
+
 def _usage_tuple(usage: Usage) -> tuple[Any, ...]:
-    return tuple(
-        dict(v) if k == "dimensions" else v
-        for k, v in ((f, getattr(usage, f)) for f in Usage.__dataclass_fields__)
-    )
+    """A `Usage`'s fields in order (`Usage(*t)` rebuilds it), as marshal can write them."""
+    values: tuple[Any, ...] = _usage_fields(usage)
+    dims = values[_DIMENSIONS]
+    if type(dims) is not dict:
+        values = (*values[:_DIMENSIONS], dict(dims))
+    return values
 
 
 def _encode(record: tuple[Any, ...]) -> bytes:

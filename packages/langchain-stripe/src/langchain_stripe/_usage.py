@@ -74,7 +74,7 @@ def only_message(result: LLMResult) -> Any:
     return None
 
 
-def replayed(um: Mapping[str, Any], message_id: object, run_id: UUID | None) -> bool:
+def replayed(um: Mapping[str, Any], message_id: object, run_id: UUID | str | None) -> bool:
     """True for usage LangChain replayed from its cache (it marks it `total_cost: 0`).
 
     Not when LangChain named the message after this run (`lc_run--<run_id>...`): then it

@@ -194,14 +194,17 @@ class StripeCallbackHandler(BaseCallbackHandler):
                 # *replaces* this message on the generation (a copy marked as a cache hit)
                 # but never edits these dicts, and the app may re-point this handler's
                 # customer_id for its next request.
+                # Only counts, ids and names go to the meter's journal: never metadata
+                # that may carry text (logprobs), so the two names are picked out here.
+                meta, llm_output = getattr(message, "response_metadata", None), response.llm_output
                 self.meter.record_later(
                     SOURCE,
                     self._read_message,
                     usage,
-                    getattr(message, "response_metadata", None),
+                    model_in(meta) or model_in(llm_output),
+                    provider_in(meta) or provider_in(llm_output),
                     getattr(message, "id", None),
-                    response.llm_output,
-                    run_id,
+                    str(run_id),
                     run,
                     self.customer_id,
                 )
@@ -243,18 +246,16 @@ class StripeCallbackHandler(BaseCallbackHandler):
     @staticmethod
     def _read_message(
         usage: Mapping[str, Any],
-        response_metadata: object,
+        model: str | None,
+        reported: str | None,
         message_id: object,
-        llm_output: object,
-        run_id: UUID,
+        run_id: str,
         run: _Run,
         fallback_customer_id: str | None,
     ) -> dict[str, Any] | None:
         """On the meter's worker: one message's usage -> `record()`'s arguments."""
         if replayed(usage, message_id, run_id):
             return None  # replayed from LangChain's cache: the provider was not called
-        model = model_in(response_metadata) or model_in(llm_output)
-        reported = provider_in(response_metadata) or provider_in(llm_output)
         found: Found = ("openai", from_usage_metadata(usage))
         return _arguments(found, model, reported, run_id, run, fallback_customer_id)
 
@@ -268,7 +269,7 @@ def _arguments(
     found: Found,
     model: str | None,
     reported: str | None,
-    run_id: UUID,
+    run_id: UUID | str,
     run: _Run,
     fallback_customer_id: str | None,
 ) -> dict[str, Any]:
