@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +307,22 @@ def test_plain_llm_stream_without_usage_is_reported_not_guessed(
     assert meter.flush(5)
     assert fake_stripe.events() == []
     assert meter.stats()["no_usage"] == 1
+
+
+def test_no_prompt_or_completion_text_reaches_the_journal_or_outbox(
+    meter: TokenMeter, handler: StripeCallbackHandler, chat: Any, fake_stripe: Any
+) -> None:
+    """The journal is on disk: only counts, ids and names may go there, as in the outbox."""
+    prompt, answer = "PROMPT-secret-4711", "ANSWER-secret-0815"
+    with meter._intake._drain_lock:  # the record stays in the journal while we look
+        chat(text=answer).invoke(prompt, config=_cfg(handler, "cus_a"))
+        journal = Path(meter._outbox.path + ".journal")
+        data = b"".join(p.read_bytes() for p in journal.glob("*.jnl"))
+        assert data  # the call is there ...
+        assert prompt.encode() not in data and answer.encode() not in data  # ... its text not
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _one_call("cus_a")
+    stored = b"".join(
+        p.read_bytes() for p in Path(meter._outbox.path).parent.glob("*.sqlite3*") if p.is_file()
+    )
+    assert prompt.encode() not in stored and answer.encode() not in stored
