@@ -156,15 +156,14 @@ class Intake:
         fallback: str | None,
         recorded_at: float,
     ) -> None:
-        journal = self.journal
-        if journal is not None and (not journal.error or time.monotonic() >= self._journal_retry):
+        journal = self._usable_journal()
+        if journal is not None:
             u: Any = usage
             if usage is not None:
                 u = _usage_tuple(usage) if isinstance(usage, Usage) else repr(usage)[:200]
             data = _encode((_RECORD, u, counts, fields, scoped, fallback, recorded_at))
-            if journal.append(data):
+            if self._append(journal, data):
                 return
-            self._journal_failed()
         self._hold(RawRecord(usage, counts, fields, scoped, fallback, recorded_at))
 
     def submit_later(
@@ -178,26 +177,37 @@ class Intake:
             if ref is None:
                 return False
             self._refs[read] = ref  # only plain functions: a bounded set
-        journal = self.journal
-        if journal is not None and (not journal.error or time.monotonic() >= self._journal_retry):
-            if journal.append(_encode((_LATER, source, ref, args, scoped, now))):
-                return True
-            self._journal_failed()
+        journal = self._usable_journal()
+        if journal is not None and self._append(
+            journal, _encode((_LATER, source, ref, args, scoped, now))
+        ):
+            return True
         self._hold(LaterRecord(source, read, args, scoped, now))
         return True
 
-    def _journal_failed(self) -> None:
+    def _usable_journal(self) -> JournalWriter | None:
+        """The journal, unless it failed less than `JOURNAL_RETRY` ago (or there is none)."""
+        journal = self.journal
+        if journal is None or (journal.error and time.monotonic() < self._journal_retry):
+            return None
+        return journal
+
+    def _append(self, journal: JournalWriter, data: bytes) -> bool:
+        """One frame into the journal; on failure, say so (rate-limited) and return False."""
+        if journal.append(data):
+            return True
         self._journal_retry = time.monotonic() + JOURNAL_RETRY
-        err = self.journal.error if self.journal is not None else None
+        err = journal.error
         self.health.note_error("journal_unwritable", repr(err))
         self.health.log_every(
             "journal",
             logging.ERROR,
             f"stripe-token-meter: cannot append to the journal in "
-            f"{self.journal.directory if self.journal else '?'} ({err}); records wait in "
+            f"{journal.directory} ({err}); records wait in "
             f"memory (at most max_queue={self._max_queue}) and are lost if the process "
             "dies before the disk has room again",
         )
+        return False
 
     def _hold(self, item: Item) -> None:
         """Keep a record in memory (journal unavailable), within `max_queue`."""

@@ -15,7 +15,6 @@ full disk) is told apart from a record and never read as one.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -269,18 +268,3 @@ def take_orphans(directory: str, skip: set[str]) -> Iterator[Segment]:
         seg = Segment(path, fd)
         seg.size = st.st_size
         yield seg
-
-
-def pending_bytes(directory: str | None) -> int:
-    """Bytes in an outbox's journals (read-only look, for `status`): 0 if none."""
-    if directory is None:
-        return 0
-    try:
-        names = [n for n in os.listdir(directory) if n.endswith(SUFFIX)]
-    except OSError:
-        return 0
-    total = 0
-    for name in names:
-        with contextlib.suppress(OSError):
-            total += os.stat(os.path.join(directory, name)).st_size
-    return total

@@ -559,10 +559,7 @@ class Outbox:
 
     def reject(self, code: str, field: str, message: str, record: dict[str, Any]) -> None:
         """Keep a usage record that could not become events (dead letter with its reason)."""
-        with self._lock:
-            self._conn.execute(
-                _REJECT_SQL, (time.time(), code, field, message, _record_json(record))
-            )
+        self.ingest([], [(code, field, message, record)], [])
 
     def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Row]:
         """Lease up to `limit` due pending rows to `owner` (atomic across processes).

@@ -55,10 +55,12 @@ class Preparer:
     customer_key: str
     value_key: str
     health: Health
+    reserved: frozenset[str] = frozenset()
+    """Payload keys a dimension may not use: set from the keys in `__post_init__`."""
 
-    @property
-    def reserved(self) -> frozenset[str]:
-        return frozenset({"model", "token_type", self.customer_key, self.value_key})
+    def __post_init__(self) -> None:
+        keys = frozenset({"model", "token_type", self.customer_key, self.value_key})
+        object.__setattr__(self, "reserved", keys)
 
     def prepare(self, raw: RawRecord) -> list[MeterEvent]:
         """Raw record -> meter events. Raises InvalidUsage naming the field and the rule."""
