@@ -10,6 +10,7 @@ from .customer import current_customer
 from .dimensions import normalize_model, normalize_provider
 from .errors import (
     ConfigurationError,
+    CreditExhausted,
     InvalidCustomer,
     InvalidDimension,
     InvalidIdentifier,
@@ -21,11 +22,15 @@ from .errors import (
     TokenMeterError,
 )
 from .events import MeterEvent, build_events, make_identifier
+from .guard import Guard, Hold
 from .meter import TokenMeter, check_api_key
 from .usage import Usage
 
 __all__ = [
     "ConfigurationError",
+    "CreditExhausted",
+    "Guard",
+    "Hold",
     "InvalidCustomer",
     "InvalidDimension",
     "InvalidIdentifier",

@@ -6,6 +6,8 @@ dead-letter table with `code`, `field` and the message, so it can be inspected a
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 class TokenMeterError(Exception):
     """Base class of every error this package raises."""
@@ -83,3 +85,21 @@ class OutboxError(TokenMeterError):
         self.path = path
         self.message = message
         super().__init__(f"outbox {path}: {message}")
+
+
+class CreditExhausted(TokenMeterError):
+    """The customer has no credit left: the call was refused before the provider was called.
+
+    The one exception an adapter raises into user code on purpose (see `TokenMeter(guard=)`).
+    Nothing is billed for a refused call. `remaining` is the guard's estimate (<= 0) in
+    `currency` major units.
+    """
+
+    def __init__(self, customer_id: str, remaining: Decimal, currency: str) -> None:
+        self.customer_id = customer_id
+        self.remaining = remaining
+        self.currency = currency
+        super().__init__(
+            f"customer {customer_id} has no credit left ({remaining} {currency.upper()} "
+            "remaining); the call was not made and nothing was billed"
+        )

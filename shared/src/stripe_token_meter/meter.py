@@ -23,7 +23,8 @@ import anyio
 
 from .customer import _scope, customer_scope
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
-from .errors import ConfigurationError
+from .errors import ConfigurationError, CreditExhausted
+from .guard import Guard, Hold
 from .health import Health
 from .intake import Intake, Reader
 from .journal import journal_dir
@@ -119,6 +120,7 @@ class TokenMeter:
         retry_base_delay: float = 0.5,
         exit_timeout: float = 5.0,
         retain_delivered: float = 35 * 86400,
+        guard: Guard | None = None,
     ) -> None:
         if api not in ("v2", "v1"):
             raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
@@ -166,6 +168,7 @@ class TokenMeter:
             # the worker during the first call, where it would hold the GIL for ~0.4 s.
             from . import transport  # noqa: F401
         self._outbox_path = outbox_path
+        self._guard = guard
         self._max_queue = max_queue
         self._concurrency = concurrency
         self._lease = lease_seconds
@@ -285,6 +288,32 @@ class TokenMeter:
             if self.strict:
                 raise
             self._failed("record", exc)
+
+    def before_call(
+        self, customer_id: str | None = None, *, model: str | None = None
+    ) -> Hold | None:
+        """For adapters, before the provider is called: may this call's customer spend?
+
+        Raises `CreditExhausted` when the meter's guard refuses (the call must not be
+        made); otherwise returns the guard's `Hold` for the call (or None), which the
+        adapter releases when the call ends. `customer_id` is the adapter's per-call
+        customer; without one the `customer()` scope, then the meter's default, is asked
+        about. Any other failure of the guard is contained (the call is allowed, the error
+        counted as an adapter error under "guard").
+        """
+        guard = self._guard
+        if guard is None:
+            return None
+        customer = customer_id or _scope.get() or self.default_customer_id
+        if customer is None:
+            return None
+        try:
+            return guard.reserve(customer, model)
+        except CreditExhausted:
+            raise
+        except Exception as exc:
+            self.report_adapter_error("guard", exc)
+            return None
 
     def record_later(self, source: str, read: Reader, /, *args: Any) -> None:
         """For adapters: `record(**read(*args))`, with `read` run on the worker thread.
