@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .aggregate import Aggregation
 from .errors import InvalidUsage
 from .events import MeterEvent
 from .health import Health
@@ -123,8 +124,10 @@ class Intake:
         max_queue: int,
         lease_seconds: float,
         journal_dir: str | None,
+        aggregate: Aggregation | None = None,
     ) -> None:
         self.outbox = outbox
+        self.aggregate = aggregate
         self.preparer = preparer
         self.health = health
         self.local = local
@@ -390,6 +393,7 @@ class Intake:
             owner=owner,
             lease_seconds=self._lease,
             api=self.api,
+            aggregate=self.aggregate,
         )
         if recorded:
             self.health.count("recorded", recorded)
@@ -398,6 +402,11 @@ class Intake:
             if added < len(events):
                 self.health.count("duplicates", len(events) - added)
         return rows
+
+    def close_windows(self, *, everything: bool = False) -> int:
+        """Aggregation windows due now (all, for a flush) become events. Any meter does
+        it, aggregating or not: windows a process left behind are closed all the same."""
+        return self.outbox.close_windows(everything=everything)
 
     def _read_later(self, item: LaterRecord) -> RawRecord | None:
         """A `record_later()` -> a raw record, or None if `read` gave nothing."""

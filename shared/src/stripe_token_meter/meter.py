@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from .aggregate import DEFAULT_GRACE, Aggregation, aggregate_from_env, check_aggregate_seconds
 from .customer import _scope, customer_scope
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
 from .errors import ConfigurationError, CreditExhausted
@@ -95,6 +96,11 @@ class TokenMeter:
     caught by the outbox's unique identifier for as long as Stripe would take it (a request
     id recorded again later, with a new timestamp, is a new event). Pending, dead-lettered,
     cancelled and local-ledger rows are never deleted.
+
+    `aggregate_seconds` (or `STRIPE_AGGREGATE_SECONDS`; 1 to 86400, default off): sum
+    usage per (customer, model, token type, dimensions, window) and send one event per
+    closed window instead of one per call (see `aggregate.py`). A call recorded twice
+    (same request id) still counts once; `flush()` and `close()` send open windows early.
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class TokenMeter:
         exit_timeout: float = 5.0,
         retain_delivered: float = 35 * 86400,
         guard: Guard | None = None,
+        aggregate_seconds: int | None = None,
     ) -> None:
         if api not in ("v2", "v1"):
             raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
@@ -169,6 +176,15 @@ class TokenMeter:
             from . import transport  # noqa: F401
         self._outbox_path = outbox_path
         self._guard = guard
+        seconds = (
+            check_aggregate_seconds(aggregate_seconds)
+            if aggregate_seconds is not None
+            else aggregate_from_env()
+        )
+        self.aggregate_seconds = seconds
+        self._aggregation = (
+            None if seconds is None else Aggregation(seconds, DEFAULT_GRACE, self.value_payload_key)
+        )
         self._max_queue = max_queue
         self._concurrency = concurrency
         self._lease = lease_seconds
@@ -208,6 +224,7 @@ class TokenMeter:
             max_queue=self._max_queue,
             lease_seconds=self._lease,
             journal_dir=None if self._write_sync else journal_dir(self._outbox.path),
+            aggregate=self._aggregation,
         )
         self._state_lock = threading.Lock()
         self._worker: Worker | None = None
@@ -413,11 +430,22 @@ class TokenMeter:
                 except Exception as exc:
                     self._failed("flush", exc)
             settled = intake.backlog() == 0 and intake.settled()
+            if settled and self._close_windows():
+                continue  # the windows' events are now pending
             if settled and (self.local or not self._has_pending()):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
+
+    def _close_windows(self) -> int:
+        """A flush sends open aggregation windows now, rather than at their end: a
+        record that still falls in one goes into its next generation (never lost)."""
+        try:
+            return self._intake.close_windows(everything=True)
+        except Exception as exc:
+            self._failed("flush", exc)
+            return 0
 
     def _has_pending(self) -> bool:
         try:
@@ -471,6 +499,7 @@ class TokenMeter:
             "not_journaled": c["not_journaled"],
             "worker_restarts": c["worker_restarts"],
             "recovered": c["journals_recovered"],
+            "aggregating": counts.get("aggregating"),
             "paused": bool(worker and worker.paused),
             "last_error": self._health.last_error,
             "mode": "local" if self.local else self.api,
@@ -481,8 +510,13 @@ class TokenMeter:
         """Stop the worker: journaled records go to the outbox, delivery is tried up to `timeout`."""
         if self.closed:
             return
-        self.closed = True
         wait = self.exit_timeout if timeout is None else timeout
+        if self._aggregation is not None and self._worker is not None:
+            # The windows this process summed are sent now, not left for the next meter.
+            start = time.monotonic()
+            self.flush(wait)
+            wait = max(0.0, wait - (time.monotonic() - start))
+        self.closed = True
         worker = self._worker
         if worker is not None and worker.alive:
             worker.stop(time.monotonic() + wait)

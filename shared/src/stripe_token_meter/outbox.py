@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from . import outbox_windows
+from .aggregate import Aggregation
 from .errors import OutboxError
 from .events import MeterEvent
 from .retry import DEDUP_WINDOW
@@ -323,7 +325,7 @@ class Outbox:
             limit = int(getlimit(which))
         self._rows_per_insert = max(1, min(500, limit // _N_COLUMNS))
         self._check_foreign(conn)
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA + outbox_windows.SCHEMA)
         for table, column in _missing_columns(conn):  # a file from before them
             kind = _ADDED_TYPES.get((table, column), "REAL")
             try:
@@ -460,12 +462,70 @@ class Outbox:
         owner: str | None = None,
         lease_seconds: float = 0.0,
         api: str | None = None,
+        aggregate: Aggregation | None = None,
     ) -> tuple[int, list[Row]]:
         """Events, rejected records and how far each journal segment was read, in one
         transaction: a crash either keeps all of it or none, so a journal is never read
-        into the outbox twice. (rows added, those rows leased to `owner` if given)."""
+        into the outbox twice. (rows added, those rows leased to `owner` if given).
+
+        With `aggregate` the events are summed into their windows instead (the count is
+        of events summed; a call already summed is not summed again), nothing is leased."""
+        if aggregate is not None:
+            return self._sum(events, rejects, progress, aggregate, status, api), []
         lease_until = time.time() + lease_seconds if owner is not None else 0.0
         return self._insert(events, status, owner, lease_until, rejects, progress, api=api)
+
+    def _sum(
+        self,
+        events: Sequence[MeterEvent],
+        rejects: Sequence[Reject],
+        progress: Sequence[Progress],
+        aggregate: Aggregation,
+        status: str,
+        api: str | None,
+    ) -> int:
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                added = outbox_windows.add(self._conn, events, aggregate, now, status, api)
+                if rejects:
+                    self._conn.executemany(
+                        _REJECT_SQL, [(now, c, f, m, _record_json(r)) for c, f, m, r in rejects]
+                    )
+                if progress:
+                    self._conn.executemany(_PROGRESS_SQL, progress)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return added
+
+    def close_windows(self, *, everything: bool = False) -> int:
+        """Turn the aggregation windows due now (all open ones if `everything`: a flush
+        or a close) into events; each window exactly once, whichever process gets there
+        first. Returns how many events were made."""
+        now = time.time()
+        with self._lock:
+            if not self._conn.execute(
+                "SELECT EXISTS(SELECT 1 FROM windows WHERE status='open')"
+            ).fetchone()[0]:
+                return 0  # the common case, without taking the write lock
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = outbox_windows.close(
+                    self._conn,
+                    now,
+                    everything,
+                    lambda batch, status, api: self._insert_rows(
+                        batch, status, None, 0.0, now, api
+                    ),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return n
 
     def journal_offset(self, segment: str) -> int:
         """How far `segment` is already in the outbox (0 if never read)."""
@@ -494,25 +554,7 @@ class Outbox:
         """(rows added, and with an `owner` those rows as claimed by it)."""
         now = time.time()
         batch = list(events)
-        rows = [
-            (
-                e.identifier,
-                e.event_name,
-                e.customer_id,
-                e.model,
-                e.token_type,
-                e.value,
-                e.timestamp,
-                _compact(e.payload),
-                status,
-                now,
-                now if status == LOCAL else None,
-                owner,
-                lease_until,
-                api,
-            )
-            for e in batch
-        ]
+        rows = self._rows(batch, status, owner, lease_until, now, api)
         if not rows and not rejects and not progress:
             return 0, []
         added: list[tuple[int, str]] = []
@@ -526,12 +568,7 @@ class Outbox:
                     (last,) = self._conn.execute(
                         "SELECT COALESCE(MAX(id), 0) FROM events"
                     ).fetchone()
-                lo = 0
-                while lo < len(rows):
-                    n = _chunk(len(rows) - lo, self._rows_per_insert)
-                    chunk = rows[lo : lo + n]
-                    self._conn.execute(_insert_sql(n), [v for row in chunk for v in row])
-                    lo += n
+                self._execute_inserts(rows)
                 count = self._conn.total_changes - before
                 if owner is not None and count != len(rows):
                     added = self._conn.execute(
@@ -556,6 +593,55 @@ class Outbox:
         for e in batch:
             first.setdefault(e.identifier, e)
         return len(added), [Row(id=i, event=first[ident], attempts=0) for i, ident in added]
+
+    def _insert_rows(
+        self,
+        batch: list[MeterEvent],
+        status: str,
+        owner: str | None,
+        lease_until: float,
+        now: float,
+        api: str | None,
+    ) -> None:
+        """Insert inside the caller's transaction (the lock is held)."""
+        self._execute_inserts(self._rows(batch, status, owner, lease_until, now, api))
+
+    def _execute_inserts(self, rows: list[tuple[Any, ...]]) -> None:
+        lo = 0
+        while lo < len(rows):
+            n = _chunk(len(rows) - lo, self._rows_per_insert)
+            chunk = rows[lo : lo + n]
+            self._conn.execute(_insert_sql(n), [v for row in chunk for v in row])
+            lo += n
+
+    @staticmethod
+    def _rows(
+        batch: list[MeterEvent],
+        status: str,
+        owner: str | None,
+        lease_until: float,
+        now: float,
+        api: str | None,
+    ) -> list[tuple[Any, ...]]:
+        return [
+            (
+                e.identifier,
+                e.event_name,
+                e.customer_id,
+                e.model,
+                e.token_type,
+                e.value,
+                e.timestamp,
+                _compact(e.payload),
+                status,
+                now,
+                now if status == LOCAL else None,
+                owner,
+                lease_until,
+                api,
+            )
+            for e in batch
+        ]
 
     def reject(self, code: str, field: str, message: str, record: dict[str, Any]) -> None:
         """Keep a usage record that could not become events (dead letter with its reason)."""
@@ -755,7 +841,23 @@ class Outbox:
                     (identifier,),
                 ).fetchone()
                 why = None
-                if row is None:
+                window = (
+                    outbox_windows.window_of_call(self._conn, identifier) if row is None else None
+                )
+                if window is not None:
+                    why = (
+                        "this call was summed into an aggregation window "
+                        + (
+                            "that is still open"
+                            if window[0] == "open"
+                            else f"sent as event {window[1]}"
+                        )
+                        + "; one call inside a window cannot be taken out. Cancel the whole "
+                        "window's event once it is sent (`stripe-token-meter cancel <its "
+                        "identifier>`, within Stripe's 24 h) and record the other calls again, "
+                        "or credit the customer in Stripe"
+                    )
+                elif row is None:
                     why = "no such event in the outbox"
                 elif row[0] not in (PENDING, DEAD, LOCAL):
                     why = f"the event is {row[0]}"
@@ -823,6 +925,7 @@ class Outbox:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 n = self._conn.execute(_PRUNE_SQL, (older_than, older_than, limit)).rowcount
+                outbox_windows.prune(self._conn, older_than, limit)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -879,6 +982,7 @@ class Outbox:
                 "SELECT COUNT(*) - COUNT(resolved), COUNT(resolved) FROM rejected"
             ).fetchone()
             out["rejected"], out["rejected_resolved"] = int(open_), int(settled)
+            out["aggregating"] = outbox_windows.open_count(self._conn)
         return out
 
     def has_pending(self) -> bool:

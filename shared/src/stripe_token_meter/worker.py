@@ -48,6 +48,8 @@ RESTART_CAP: Final = 30.0
 ORPHAN_SCAN: Final = 5.0
 """Journals of exited processes (fork children, an earlier deploy) are looked for at
 start and then at most this many seconds apart (and by every `flush()`)."""
+WINDOW_CHECK: Final = 0.25
+"""Seconds between looks for aggregation windows to close (one indexed query)."""
 REPLACED_CHECK: Final = 1.0
 """How often the worker checks that the outbox file is still the one it opened."""
 
@@ -118,6 +120,7 @@ class Worker:
         self._prune_every = PRUNE_INTERVAL
         self._next_prune = time.monotonic() + PRUNE_FIRST
         self._next_orphans = 0.0
+        self._next_windows = 0.0
         self._next_replaced = time.monotonic() + REPLACED_CHECK
         self._progress: anyio.Event
         self._thread = threading.Thread(
@@ -345,6 +348,10 @@ class Worker:
                 self._health.log_every(
                     "replaced", logging.WARNING, "stripe-token-meter: " + message
                 )
+        if now >= self._next_windows:
+            self._next_windows = now + WINDOW_CHECK
+            if self._intake.close_windows():
+                self._next_claim = 0.0
         if now >= self._next_orphans and not self.stop_requested.is_set():
             self._next_orphans = now + ORPHAN_SCAN
             if self._intake.recover_orphans():

@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     outbox = open_outbox(cfg)
     console = out()
+    closed = outbox.close_windows(everything=True)
+    if closed:
+        console.print(f"{closed:,} open aggregation window(s) closed into events.")
     if outbox.pending_count() == 0:
         console.print("Nothing pending: the outbox is fully delivered.")
         return EXIT_OK
