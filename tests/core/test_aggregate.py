@@ -243,3 +243,44 @@ def test_cli_flush_sends_windows_a_process_left_open(fake_stripe: Any, tmp_path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 open aggregation window(s) closed" in proc.stdout
     assert _sums(fake_stripe) == {("cus_a", "input"): 100}
+
+
+def test_three_processes_on_one_outbox_sum_exactly(fake_stripe: Any, tmp_path: Path) -> None:
+    """gunicorn-style workers sharing an outbox: each window is closed by one of them only."""
+    outbox = tmp_path / "outbox.sqlite3"
+    code = textwrap.dedent(
+        """
+        import os, time
+        from stripe_token_meter import TokenMeter, Usage
+        meter = TokenMeter(api_key="sk_test_fake", api_base=os.environ["URL"],
+                           outbox_path=os.environ["OUTBOX"], aggregate_seconds=1)
+        w = os.environ["W"]
+        for i in range(900):
+            meter.record(Usage(customer_id=("cus_a", "cus_b", "cus_c")[i % 3],
+                               model="openai/gpt-4o", input_tokens=1 + i % 4,
+                               request_id=f"{w}-{i}"))
+            if i % 100 == 99:
+                time.sleep(0.25)
+        meter.close(timeout=20)
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=dict(os.environ, URL=fake_stripe.url, OUTBOX=str(outbox), W=str(w)),
+        )
+        for w in range(3)
+    ]
+    assert [p.wait(90) for p in procs] == [0, 0, 0]
+    meter = TokenMeter(api_key="sk_test_fake", api_base=fake_stripe.url, outbox_path=outbox)
+    assert meter.flush(30)
+    assert meter.stats()["aggregating"] == 0
+    meter.close()
+    want = {(c, "input"): 0 for c in CUSTOMERS}
+    for _w in range(3):
+        for i in range(900):
+            want[(CUSTOMERS[i % 3], "input")] += 1 + i % 4
+    assert _sums(fake_stripe) == want
+    ids = Counter(fake_stripe.identifiers())
+    assert [k for k, c in ids.items() if c > 1] == []
+    assert len(ids) < 3 * 900 / 10  # summed, not one per call
