@@ -335,3 +335,37 @@ def test_a_full_disk_keeps_memory_bounded_and_says_so_once(tmp_path: Path) -> No
     assert queued <= journaled + 1000
     lines = [line for line in out.stderr.splitlines() if "stripe-token-meter" in line]
     assert 1 <= len(lines) <= 6, lines  # one line per condition, not one per call
+
+
+WRITER = textwrap.dedent(
+    """
+    import os
+    from stripe_token_meter import TokenMeter, Usage
+    meter = TokenMeter(api_key="sk_test_fake", api_base=os.environ["URL"],
+                       outbox_path=os.environ["OUTBOX"], event_name="custom-tokens",
+                       default_customer_id="cus_writer", token_types="detailed")
+    for i in range(20):
+        meter.record(Usage(model="openai/gpt-4o", input_tokens=10, cached_input_tokens=5,
+                           output_tokens=2, request_id=f"w-{i}"))
+    os._exit(0)
+    """
+)
+
+
+def test_a_taken_over_journal_is_billed_with_its_writers_settings(
+    fake_stripe: Any, tmp_path: Path
+) -> None:
+    """Another process (or `stripe-token-meter flush`) configured differently takes the
+    journal over: the writer's event name, default customer and token types still apply."""
+    fake_stripe.create_meter("custom-tokens")
+    outbox = tmp_path / "outbox.sqlite3"
+    env = dict(os.environ, URL=fake_stripe.url, OUTBOX=str(outbox))
+    subprocess.run([sys.executable, "-c", WRITER], env=env, check=True, timeout=60)
+    meter = _deliver(fake_stripe, outbox)  # default event name, no default customer
+    meter.close()
+    events = fake_stripe.events()
+    assert {(e.event_name, e.customer) for e in events} == {("custom-tokens", "cus_writer")}
+    by_type = Counter(e.payload["token_type"] for e in events)
+    assert by_type == {"input": 20, "cached_input": 20, "output": 20}
+    assert sum(e.value for e in events) == 20 * 17
+    assert meter.stats()["invalid"] == 0

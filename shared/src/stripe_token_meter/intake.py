@@ -32,9 +32,18 @@ from .aggregate import Aggregation
 from .errors import InvalidUsage
 from .events import MeterEvent
 from .health import Health
-from .journal import PICKLED, ROTATE_BYTES, JournalWriter, Segment, frame, take_orphans
+from .journal import (
+    HEAD_SIZE,
+    PICKLED,
+    ROTATE_BYTES,
+    JournalWriter,
+    Segment,
+    frame,
+    take_orphans,
+)
 from .outbox import LOCAL, PENDING, Outbox, Progress, Reject, Row
 from .prepare import Preparer, RawRecord
+from .profile import SETTINGS, Profile, profile_from, settings_of
 from .usage import Usage
 
 log = logging.getLogger("stripe_token_meter")
@@ -88,6 +97,15 @@ def _encode(record: tuple[Any, ...]) -> bytes:
         return frame(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL), PICKLED)
 
 
+def _is_settings(payload: bytes) -> bool:
+    """Whether a segment's first frame is its settings frame (see profile.py)."""
+    try:
+        rec = marshal.loads(payload)
+    except Exception:
+        return False
+    return isinstance(rec, tuple) and len(rec) == 2 and rec[0] == SETTINGS
+
+
 def _reference(read: Reader) -> str | None:
     """`module:qualname` naming a plain function, or None if it cannot be looked up."""
     if getattr(read, "__self__", None) is not None:
@@ -134,7 +152,15 @@ class Intake:
         self.api = api
         self._max_queue = max_queue
         self._lease = lease_seconds
-        self.journal = JournalWriter(journal_dir) if journal_dir is not None else None
+        self.profile = Profile(preparer, api, local, aggregate)
+        """This meter's own settings; a taken-over segment may carry another's."""
+        self._profiles: dict[str, Profile] = {}
+        """Settings of the segments being read, by segment name."""
+        self.journal = (
+            JournalWriter(journal_dir, _encode(settings_of(self.profile)))
+            if journal_dir is not None
+            else None
+        )
         self._journal_retry = 0.0
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._carry: list[Item] = []
@@ -301,21 +327,56 @@ class Intake:
             self._report_corrupt(seg, skipped)
         if not frames:
             return 0, []
+        profile = self._profiles.get(seg.name)
+        if profile is None:
+            profile = self._profiles[seg.name] = self._segment_profile(seg, offset, frames)
         items: list[Item] = []
         rejects: list[Reject] = []
+        records = 0
         for end, payload, pickled in frames:
-            item = self._decode(payload, pickled, seg, end, rejects)
+            if end - len(payload) == HEAD_SIZE and not pickled and _is_settings(payload):
+                continue  # the segment's settings frame, read above
+            records += 1
+            item = self._decode(payload, pickled, seg, end, rejects, profile)
             if item is not None:
                 items.append(item)
         new_offset = frames[-1][0]
-        rows = self._store_items(items, rejects, [(seg.name, new_offset)], lease_owner)
+        rows = self._store_items(items, rejects, [(seg.name, new_offset)], lease_owner, profile)
         if own:
             self._offsets[seg.name] = new_offset
-            self._ingested += len(frames)
-        return len(frames), rows
+            self._ingested += records
+        return records or (1 if new_offset > offset else 0), rows
+
+    def _segment_profile(
+        self, seg: Segment, offset: int, frames: list[tuple[int, bytes, bool]]
+    ) -> Profile:
+        """The settings `seg` was written with (its first frame); a segment from before
+        settings frames existed is read with this meter's own."""
+        if offset == 0:
+            first = frames[0]
+        else:
+            head, _ = seg.read(0, READ_BYTES, 1)
+            if not head:
+                return self.profile
+            first = head[0]
+        end, payload, pickled = first
+        if end != HEAD_SIZE + len(payload) or pickled or not _is_settings(payload):
+            return self.profile
+        try:
+            settings = marshal.loads(payload)[1]
+            return profile_from(settings, self.profile, self.health)
+        except Exception as exc:
+            self.health.note_error("journal_settings", f"{seg.name}: {exc!r}")
+            return self.profile
 
     def _decode(
-        self, payload: bytes, pickled: bool, seg: Segment, end: int, rejects: list[Reject]
+        self,
+        payload: bytes,
+        pickled: bool,
+        seg: Segment,
+        end: int,
+        rejects: list[Reject],
+        profile: Profile,
     ) -> Item | None:
         """A journal frame -> the record it holds (None: kept as a rejected record)."""
         try:
@@ -337,7 +398,7 @@ class Intake:
             return LaterRecord(source, read, tuple(args), scoped, recorded_at, position)
         except InvalidUsage as exc:  # a Usage that no longer validates (e.g. too old)
             raw = RawRecord(repr(rec[1])[:200], rec[2], rec[3], rec[4], rec[5], rec[6])
-            rejects.append(self.preparer.rejected(exc, raw))
+            rejects.append(profile.preparer.rejected(exc, raw))
         except Exception as exc:
             rejects.append(self._unreadable(seg, end, exc))
         return None
@@ -369,8 +430,11 @@ class Intake:
         rejects: list[Reject],
         progress: list[Progress] | None = None,
         lease_owner: str | None = None,
+        profile: Profile | None = None,
     ) -> list[Row]:
-        """Prepare `items` and store them with `rejects` and `progress`, in one transaction."""
+        """Prepare `items` and store them with `rejects` and `progress`, in one transaction,
+        the way `profile` (the writer's settings; this meter's by default) says."""
+        p = self.profile if profile is None else profile
         events: list[MeterEvent] = []
         recorded = 0
         for item in items:
@@ -381,10 +445,11 @@ class Intake:
                     continue
             else:
                 raw = item
-            events.extend(self.preparer.events_or_reject(raw, rejects))
+            events.extend(p.preparer.events_or_reject(raw, rejects))
             recorded += 1
-        status = LOCAL if self.local else PENDING
-        owner = lease_owner if not self.local else None
+        status = LOCAL if p.local else PENDING
+        # Leased rows go straight to this worker's transport: only rows of its own API.
+        owner = lease_owner if not p.local and p.api == self.api else None
         added, rows = self.outbox.ingest(
             events,
             rejects,
@@ -392,8 +457,8 @@ class Intake:
             status=status,
             owner=owner,
             lease_seconds=self._lease,
-            api=self.api,
-            aggregate=self.aggregate,
+            api=p.api,
+            aggregate=p.aggregate,
         )
         if recorded:
             self.health.count("recorded", recorded)
@@ -454,6 +519,7 @@ class Intake:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(seg.path)
         seg.close()
+        self._profiles.pop(seg.name, None)
         self.outbox.forget_journal(seg.name)
 
     def recover_orphans(self) -> int:

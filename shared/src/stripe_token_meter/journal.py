@@ -15,6 +15,7 @@ full disk) is told apart from a record and never read as one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -129,8 +130,10 @@ class JournalWriter:
     after it was swapped out (a stale fd number could name another file by then).
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, header: bytes = b"") -> None:
         self.directory = directory
+        self.header = header
+        """The frame every new segment starts with (the writer's settings)."""
         self._lock = threading.Lock()
         self._fd = -1
         self.active: Segment | None = None
@@ -172,10 +175,24 @@ class JournalWriter:
     def _open(self) -> bool:
         """A fresh segment (under the lock). Failing is reported via `error`."""
         try:
-            self._swap(create_segment(self.directory))
+            segment = create_segment(self.directory)
         except OSError as exc:
             self.error = exc
             return False
+        if self.header:
+            try:
+                n = os.write(segment.fd, self.header)
+            except OSError as exc:
+                n, self.error = -1, exc
+            if n != len(self.header):  # a segment without its settings is never used
+                with contextlib.suppress(OSError):
+                    os.unlink(segment.path)
+                segment.close()
+                if n >= 0:
+                    self.error = OSError(errno.ENOSPC, "short write to the journal")
+                return False
+            segment.size = n
+        self._swap(segment)
         return True
 
     def _swap(self, segment: Segment | None) -> None:

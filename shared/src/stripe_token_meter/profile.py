@@ -1,0 +1,108 @@
+"""The settings a journal segment was written with, so any process bills it the same way.
+
+A segment's writer may die and another process take the segment over: the next worker
+of the app, but also `stripe-token-meter flush` or a meter configured differently. The
+raw records alone are not enough to bill them as their writer would have: its event
+name, default customer, token types, payload keys, API, ledger mode and aggregation
+shape the events. So every segment starts with a settings frame, and a segment is
+prepared with its own writer's settings, whoever reads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .aggregate import DEFAULT_GRACE, Aggregation
+from .dimensions import ModelNormalizer, keep_model, normalize_model
+from .health import Health
+from .prepare import Preparer
+
+SETTINGS: Final = 3
+"""The first element of a settings frame (records are 1 and 2, see intake.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How the records of one segment become stored events."""
+
+    preparer: Preparer
+    api: str
+    local: bool
+    aggregate: Aggregation | None
+
+
+def normalizer_name(normalizer: ModelNormalizer) -> str | None:
+    """'default', 'keep', or `module:qualname` of a plain function (None: not nameable)."""
+    if normalizer is normalize_model:
+        return "default"
+    if normalizer is keep_model:
+        return "keep"
+    module = getattr(normalizer, "__module__", None)
+    qualname = getattr(normalizer, "__qualname__", "")
+    if getattr(normalizer, "__self__", None) is not None or not module or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def settings_of(profile: Profile) -> tuple[Any, ...]:
+    """The settings frame's content (plain data, as marshal writes it)."""
+    p = profile.preparer
+    agg = profile.aggregate
+    return (
+        SETTINGS,
+        {
+            "event_name": p.event_name,
+            "token_types": p.token_types,
+            "default_customer_id": p.default_customer_id,
+            "customer_key": p.customer_key,
+            "value_key": p.value_key,
+            "normalizer": normalizer_name(p.normalizer),
+            "api": profile.api,
+            "local": profile.local,
+            "aggregate": None if agg is None else agg.seconds,
+        },
+    )
+
+
+def _normalizer(name: object, own: ModelNormalizer) -> ModelNormalizer:
+    if name == "default":
+        return normalize_model
+    if name == "keep":
+        return keep_model
+    if isinstance(name, str) and ":" in name:
+        module, _, qualname = name.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except Exception:
+            return own
+        if callable(obj):
+            result: ModelNormalizer = obj
+            return result
+    return own  # a lambda or closure cannot be named: the reader's own is the best guess
+
+
+def profile_from(settings: dict[str, Any], own: Profile, health: Health) -> Profile:
+    """The writer's profile, built from its settings frame (`own` when they match)."""
+    if settings == settings_of(own)[1]:
+        return own
+    mine = own.preparer
+    seconds = settings.get("aggregate")
+    value_key = str(settings.get("value_key") or mine.value_key)
+    return Profile(
+        Preparer(
+            event_name=str(settings.get("event_name") or mine.event_name),
+            token_types=settings.get("token_types") or mine.token_types,
+            normalizer=_normalizer(settings.get("normalizer"), mine.normalizer),
+            default_customer_id=settings.get("default_customer_id"),
+            customer_key=str(settings.get("customer_key") or mine.customer_key),
+            value_key=value_key,
+            health=health,
+        ),
+        api=str(settings.get("api") or own.api),
+        local=bool(settings.get("local", own.local)),
+        aggregate=None if not seconds else Aggregation(int(seconds), DEFAULT_GRACE, value_key),
+    )
