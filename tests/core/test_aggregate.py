@@ -284,3 +284,30 @@ def test_three_processes_on_one_outbox_sum_exactly(fake_stripe: Any, tmp_path: P
     ids = Counter(fake_stripe.identifiers())
     assert [k for k, c in ids.items() if c > 1] == []
     assert len(ids) < 3 * 900 / 10  # summed, not one per call
+
+
+def test_a_fresh_meter_flushes_windows_of_a_process_that_died(
+    fake_stripe: Any, tmp_path: Path
+) -> None:
+    """The dead process's calls are only in its journal: the fresh meter (not aggregating
+    itself) sums them with the writer's settings, closes the windows and delivers."""
+    outbox = tmp_path / "outbox.sqlite3"
+    code = textwrap.dedent(
+        """
+        import os
+        from stripe_token_meter import TokenMeter, Usage
+        meter = TokenMeter(api_key="sk_test_fake", api_base=os.environ["URL"],
+                           outbox_path=os.environ["OUTBOX"], aggregate_seconds=3600)
+        for i in range(40):
+            meter.record(Usage(customer_id="cus_a", model="openai/gpt-4o", input_tokens=3,
+                               output_tokens=1, request_id=f"d{i}"))
+        os._exit(0)
+        """
+    )
+    env = dict(os.environ, URL=fake_stripe.url, OUTBOX=str(outbox))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    meter = TokenMeter(api_key="sk_test_fake", api_base=fake_stripe.url, outbox_path=outbox)
+    assert meter.flush(20)
+    meter.close()
+    assert _sums(fake_stripe) == {("cus_a", "input"): 120, ("cus_a", "output"): 40}
+    assert len(fake_stripe.events()) == 2

@@ -345,7 +345,7 @@ class Intake:
         if own:
             self._offsets[seg.name] = new_offset
             self._ingested += records
-        return records or (1 if new_offset > offset else 0), rows
+        return records, rows  # a settings frame alone: 0, its progress is stored
 
     def _segment_profile(
         self, seg: Segment, offset: int, frames: list[tuple[int, bytes, bool]]

@@ -419,9 +419,10 @@ class TokenMeter:
         except Exception as exc:
             self._failed("flush", exc)
         worker = self._worker
-        if worker is None and not self.closed and self._has_pending():
-            worker = self._start_worker()  # e.g. a fresh process draining a crashed one's rows
         while True:
+            if worker is None and not self.closed and not self.local and self._has_pending():
+                # e.g. a fresh process draining a crashed one's rows, or windows just closed
+                worker = self._start_worker()
             if worker is not None and worker.alive:
                 worker.nudge()
             else:
