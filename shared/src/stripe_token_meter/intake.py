@@ -32,8 +32,8 @@ from .errors import InvalidUsage
 from .events import MeterEvent
 from .health import Health
 from .journal import PICKLED, ROTATE_BYTES, JournalWriter, Segment, frame, take_orphans
-from .outbox import LOCAL, PENDING, Outbox, Progress, Reject, Row
 from .prepare import Preparer, RawRecord
+from .storage.base import LOCAL, PENDING, OutboxStore, Progress, Reject, Row
 from .usage import Usage
 
 log = logging.getLogger("stripe_token_meter")
@@ -114,7 +114,7 @@ class Intake:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxStore,
         preparer: Preparer,
         health: Health,
         *,

@@ -25,8 +25,8 @@ import anyio
 
 from .health import Health
 from .intake import Intake
-from .outbox import PRUNE_LIMIT, UNCONFIRMED_CODE, UNCONFIRMED_LIMIT, Row
 from .retry import Outcome, Verdict, backoff
+from .storage.base import PRUNE_LIMIT, UNCONFIRMED_CODE, UNCONFIRMED_LIMIT, Row
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -369,7 +369,7 @@ class Worker:
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
         try:
-            rows = self._outbox.claim(self.owner, size * free, self._lease)
+            rows = self._outbox.claim(self.owner, size * free, self._lease, api=self._intake.api)
             self._note_expired(self._outbox.take_expired())
         except Exception:
             for batch in reversed(batches):  # not handed out: keep them for the next turn
