@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from stripe_token_meter.storage import OutboxStore, open_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")

@@ -503,3 +503,6 @@ class Intake:
         self.journal.detach()
         while self.drain(10**9)[0]:
             pass
+        # Journals of processes that died (kill -9) go in too, so a clean close leaves no
+        # usage on local disk once the outbox has it (a shared PostgreSQL outbox above all).
+        self.recover_orphans()

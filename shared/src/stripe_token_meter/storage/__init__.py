@@ -60,9 +60,9 @@ def open_store(
         target = default_outbox_path()
     text = check_outbox_path(target)
     if is_postgres_url(text):
-        from ..errors import OutboxError
+        from .postgres import PostgresOutbox  # psycopg: only for a PostgreSQL outbox
 
-        raise OutboxError(redact_url(text), "PostgreSQL outboxes are not supported yet")
+        return PostgresOutbox(text, readonly=readonly)
     from .sqlite import Outbox
 
     return Outbox(text, readonly=readonly)

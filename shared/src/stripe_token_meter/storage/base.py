@@ -44,6 +44,11 @@ EventRef = tuple[str, str | None, str | None, float | None]
 """(identifier, event name, status, delivered at) as `find_events` returns them."""
 
 
+class OutboxUnavailable(OutboxError):
+    """The outbox's database cannot be reached now (a PostgreSQL outage or failover): the
+    backend has said so once in the log; callers keep records and try again later."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """A claimed outbox row: the event plus its delivery bookkeeping."""
