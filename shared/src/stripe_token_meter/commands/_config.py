@@ -16,7 +16,7 @@ import stripe
 
 from ..errors import ConfigurationError, InvalidUsage
 from ..meter import check_api_key
-from ..storage.base import default_outbox_path, is_postgres_url, redact_url
+from ..storage.base import default_outbox_path, redact_url
 from ..usage import check_text
 from ._errors import CliError
 
@@ -167,7 +167,8 @@ def load_config(args: argparse.Namespace) -> Config:
         raise CliError(f"--event-name: {exc.message}") from None
     outbox = getattr(args, "outbox", None)
     if outbox:
-        path: Path | str = outbox if is_postgres_url(outbox) else Path(outbox).expanduser()
+        # A URL stays text: a PostgreSQL outbox, or another scheme `open_outbox` refuses.
+        path: Path | str = outbox if "://" in outbox else Path(outbox).expanduser()
         outbox_source = "--outbox"
     else:
         path = default_outbox_path()

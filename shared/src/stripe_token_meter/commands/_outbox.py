@@ -25,7 +25,7 @@ META_LAST_ERROR = "last_error"
 def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False) -> OutboxStore:
     """The configured outbox; `CliError` naming the path if it is missing or unreadable."""
     path = cfg.outbox_path
-    if not isinstance(path, Path):  # a PostgreSQL URL
+    if not isinstance(path, Path):  # a URL: PostgreSQL, or a scheme open_store refuses by name
         try:
             outbox = open_store(path, readonly=readonly)
             outbox.counts()  # connects: unreachable or refused now, not mid-command

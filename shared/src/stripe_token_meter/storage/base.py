@@ -106,7 +106,7 @@ def default_outbox_path() -> Path | str:
     (XDG on Linux)."""
     env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")
     if env:
-        return env if is_postgres_url(env) else Path(env).expanduser()
+        return env if "://" in env else Path(env).expanduser()  # a URL: checked on open
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "share"
     )
