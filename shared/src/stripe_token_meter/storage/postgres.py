@@ -229,7 +229,11 @@ class PostgresOutbox(PostgresOperations):
                     "SELECT pg_advisory_xact_lock(hashtext(%s))",
                     (f"stripe_token_meter:{self.schema}",),
                 )
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+                found = conn.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+                ).fetchone()
+                if found is None:  # CREATE SCHEMA needs CREATE on the database, even IF NOT EXISTS
+                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
                 conn.execute(q.VERSION_TABLE)
                 current = self._version(conn) or 0
                 for k in range(current, q.SCHEMA_VERSION):
