@@ -471,7 +471,7 @@ def diagnose(meter: Any) -> str:
     worker = getattr(meter, "_worker", None)
     hold = getattr(worker, "hold_until", 0.0) - time.time() if worker is not None else None
     alive = getattr(worker, "alive", None)
-    rows = meter._outbox.query(
+    rows = meter._outbox._query(
         "SELECT status, attempts, COUNT(*), MIN(next_attempt), MAX(next_attempt), "
         "MAX(lease_until), MAX(error_code) FROM events GROUP BY status, attempts"
     )

@@ -116,7 +116,7 @@ def kill9(path: Path, seconds: float) -> tuple[int, int, int]:
         acked[t] = max(acked.get(t, -1), i)
     meter = TokenMeter(outbox_path=path)
     assert meter.flush(600)
-    rows = meter._outbox.query("SELECT identifier FROM events")
+    rows = meter._outbox._query("SELECT identifier FROM events")
     meter.close()
     stored = Counter(ident.split(":")[0] for (ident,) in rows)
     doubled = sum(1 for c in stored.values() if c != 2)

@@ -21,6 +21,7 @@ SCRIPTS = [
     "http_clients.py",
     "durability.py",
     "aggregation.py",
+    "outbox_backends.py",
 ]
 
 

@@ -142,7 +142,7 @@ def test_resolve_settles_rejected_records_and_keeps_them(cli: Cli, seeded: Seede
     assert "1 usage record(s) rejected" not in cli("status", "--outbox", str(seeded.path)).out
     # Kept with its reason and record, stamped when it was settled.
     outbox = Outbox(seeded.path)
-    [(code, record, resolved)] = outbox.query("SELECT code, record, resolved FROM rejected")
+    [(code, record, resolved)] = outbox._query("SELECT code, record, resolved FROM rejected")
     outbox.close()
     assert code == "missing_customer" and '"request_id": "nocus"' in record
     assert resolved is not None

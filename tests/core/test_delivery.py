@@ -159,7 +159,7 @@ def test_v1_unknown_customer_is_dead_lettered_with_stripe_code(
     meter.record(_usage(2, "cus_ghost"))
     assert meter.flush(10)
     assert {e.customer for e in fake_stripe.events()} == {"cus_known"}
-    dead = meter._outbox.query(
+    dead = meter._outbox._query(
         "SELECT identifier, error_code FROM events WHERE status='dead' ORDER BY identifier"
     )
     assert dead == [
@@ -236,7 +236,7 @@ def test_durable_sync_stores_before_record_returns(
 ) -> None:
     meter = make_meter(durable="sync")
     meter.record(_usage(1))
-    stored = meter._outbox.query("SELECT identifier FROM events ORDER BY identifier")
+    stored = meter._outbox._query("SELECT identifier FROM events ORDER BY identifier")
     assert stored == [("req-1:input:token-billing-tokens",), ("req-1:output:token-billing-tokens",)]
     assert meter.flush(10)
     _assert_once(fake_stripe, 2)

@@ -82,7 +82,7 @@ def test_sigkill_mid_delivery_then_next_process_delivers_rest(
     assert meter.stats()["delivered"] == 10_000
     # The killed process's leased rows may have been sent: stamped unconfirmed (for
     # Stripe's 24 h duplicate window), the rest not.
-    [(suspect,)] = meter._outbox.query("SELECT COUNT(*) FROM events WHERE unconfirmed IS NOT NULL")
+    [(suspect,)] = meter._outbox._query("SELECT COUNT(*) FROM events WHERE unconfirmed IS NOT NULL")
     assert 0 < suspect < 10_000
     meter.close()
 

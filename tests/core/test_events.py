@@ -108,7 +108,7 @@ def test_identifiers_through_the_meter(local_meter: Callable[..., TokenMeter]) -
     for rid in (wide, "line\nbreak", "plain-1"):
         meter.record(model="m", customer_id="cus_a", input_tokens=2, request_id=rid)
     assert meter.flush(5)
-    rows = meter._outbox.query("SELECT identifier FROM events ORDER BY id")
+    rows = meter._outbox._query("SELECT identifier FROM events ORDER BY id")
     assert [r[0] for r in rows] == [
         _hashed(f"{wide}:input:token-billing-tokens"),
         _hashed("line\nbreak:input:token-billing-tokens"),
@@ -141,7 +141,7 @@ def test_a_normaliser_that_makes_an_unsendable_model_is_refused(
     meter = local_meter(normalize_models=bad)
     meter.record(model="m", provider="p", customer_id="cus_a", input_tokens=1, request_id="r")
     assert meter.flush(5)
-    assert meter._outbox.query("SELECT code, field FROM rejected") == [
+    assert meter._outbox._query("SELECT code, field FROM rejected") == [
         ("invalid_dimension", "model")
     ]
-    assert meter._outbox.query("SELECT COUNT(*) FROM events") == [(0,)]
+    assert meter._outbox._query("SELECT COUNT(*) FROM events") == [(0,)]

@@ -52,3 +52,18 @@ def test_a_meter_with_a_key_loads_it_when_built(tmp_path: Path) -> None:
         "print('stripe' in sys.modules); m.close(timeout=0)"
     )
     assert _run(code, str(tmp_path / "o.sqlite3")) == "True"
+
+
+def test_psycopg_is_imported_only_for_a_postgresql_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL extra is optional: the core and a SQLite meter never import it."""
+    code = (
+        "import sys; from stripe_token_meter import TokenMeter; "
+        "import stripe_token_meter.outbox, stripe_token_meter.storage; "
+        "m = TokenMeter(outbox_path=sys.argv[1]); m.close(); a = 'psycopg' in sys.modules; "
+        "TokenMeter(outbox_path='postgresql://u@127.0.0.1:9/db').close(timeout=0); "
+        "print(a, 'psycopg' in sys.modules)"
+    )
+    monkeypatch.setenv("STRIPE_TOKEN_METER_JOURNAL_DIR", str(tmp_path / "journal"))
+    assert _run(code, str(tmp_path / "o.sqlite3")) == "False True"

@@ -18,7 +18,7 @@ MeterFactory = Callable[..., TokenMeter]
 
 
 def _rows(meter: TokenMeter) -> list[tuple[Any, ...]]:
-    return meter._outbox.query(
+    return meter._outbox._query(
         "SELECT customer_id, model, token_type, value, status FROM events ORDER BY id"
     )
 
@@ -115,7 +115,7 @@ def test_missing_customer_is_dead_lettered(local_meter: MeterFactory) -> None:
     meter.record(model="m", input_tokens=10, request_id="r")
     assert meter.flush(5)
     assert _rows(meter) == []
-    rejected = meter._outbox.query("SELECT code, field FROM rejected")
+    rejected = meter._outbox._query("SELECT code, field FROM rejected")
     assert rejected == [("missing_customer", "customer_id")]
     assert meter.stats()["dead_lettered"] == 1
 
@@ -139,7 +139,7 @@ def test_a_usage_with_fields_beside_it_is_rejected_not_half_read(
     meter.record(Usage(model="m", input_tokens=3, request_id="r"), customer_id="cus_a")
     assert meter.flush(5)
     assert _rows(meter) == []
-    [(code, field, message)] = meter._outbox.query("SELECT code, field, message FROM rejected")
+    [(code, field, message)] = meter._outbox._query("SELECT code, field, message FROM rejected")
     assert (code, field) == ("invalid_usage", "fields")
     assert "['customer_id']" in message and "Usage(..., customer_id=" in message
     strict = local_meter(strict=True)
@@ -199,7 +199,7 @@ def test_bad_counts_never_raise_and_are_dead_lettered(
     meter.record(model="m", customer_id="cus_a", not_a_field=1)
     meter.record("not a usage")  # type: ignore[arg-type]
     assert meter.flush(5)
-    codes = [r[0] for r in meter._outbox.query("SELECT code FROM rejected ORDER BY id")]
+    codes = [r[0] for r in meter._outbox._query("SELECT code FROM rejected ORDER BY id")]
     assert codes == [
         "invalid_token_count",
         "invalid_customer",

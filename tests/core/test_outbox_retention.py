@@ -119,7 +119,7 @@ def test_prune_deletes_only_delivered_rows_older_than_the_window(tmp_path: Path)
         "local": 2,
     }
     assert after["rejected"] == 1
-    assert box.query("SELECT COUNT(*) FROM adjustments") == [(2,)]
+    assert box._query("SELECT COUNT(*) FROM adjustments") == [(2,)]
     box.close()
 
 
@@ -144,9 +144,9 @@ def test_prune_honours_its_limit_oldest_first(tmp_path: Path) -> None:
 
 def test_the_partial_index_exists_and_the_prune_query_uses_it(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite3")
-    (sql,) = box.query("SELECT sql FROM sqlite_master WHERE name='events_delivered'")[0]
+    (sql,) = box._query("SELECT sql FROM sqlite_master WHERE name='events_delivered'")[0]
     assert sql == "CREATE INDEX events_delivered ON events (delivered) WHERE status='delivered'"
-    plan = [str(r[3]) for r in box.query("EXPLAIN QUERY PLAN " + _PRUNE_SQL, (1.0, 1.0, 5))]
+    plan = [str(r[3]) for r in box._query("EXPLAIN QUERY PLAN " + _PRUNE_SQL, (1.0, 1.0, 5))]
     assert any("USING INDEX events_delivered (delivered<?)" in step for step in plan), plan
     assert not any("SCAN" in step or "TEMP B-TREE" in step for step in plan), plan
     box.close()
@@ -167,7 +167,7 @@ def test_an_outbox_made_by_the_previous_schema_gets_the_index_on_open(tmp_path: 
     _age(path, ["gone"], WINDOW + 60)
 
     box = Outbox(path)
-    assert box.query("SELECT name FROM sqlite_master WHERE name='events_delivered'") == [
+    assert box._query("SELECT name FROM sqlite_master WHERE name='events_delivered'") == [
         ("events_delivered",)
     ]
     assert box.prune_delivered(time.time() - WINDOW) == 1

@@ -14,7 +14,7 @@ MeterFactory = Callable[..., TokenMeter]
 
 
 def _rows(meter: TokenMeter) -> list[tuple[Any, ...]]:
-    return meter._outbox.query(
+    return meter._outbox._query(
         "SELECT customer_id, model, token_type, value, identifier FROM events ORDER BY id"
     )
 
@@ -122,7 +122,7 @@ def test_bad_fields_from_read_are_dead_lettered(local_meter: MeterFactory) -> No
     meter.record_later("test", read_usage, {"in": -1, "out": 2}, "r1")
     assert meter.flush(5)
     assert _rows(meter) == []
-    (code, field, record) = meter._outbox.query("SELECT code, field, record FROM rejected")[0]
+    (code, field, record) = meter._outbox._query("SELECT code, field, record FROM rejected")[0]
     assert (code, field) == ("invalid_token_count", "prompt_tokens")
     assert '"request_id": "r1"' in record and '"fallback_customer": "cus_fallback"' in record
     assert meter.stats()["invalid"] == 1

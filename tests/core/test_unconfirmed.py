@@ -174,8 +174,8 @@ def test_an_outbox_from_before_the_columns_gets_them_and_the_index(tmp_path: Pat
     path = tmp_path / "old.sqlite3"
     write_old_outbox(path, "pending")
     outbox = Outbox(path)
-    assert outbox.query("SELECT api FROM events") == [(None,)]  # sent how: not recorded then
-    columns = {r[1]: r[2] for r in outbox.query("PRAGMA table_info(events)")}
+    assert outbox._query("SELECT api FROM events") == [(None,)]  # sent how: not recorded then
+    columns = {r[1]: r[2] for r in outbox._query("PRAGMA table_info(events)")}
     assert columns["api"] == "TEXT"
     assert (outbox.counts()["rejected"], outbox.counts()["rejected_resolved"]) == (1, 0)
     assert outbox.resolve_rejected("missing_customer") == 1
@@ -185,7 +185,7 @@ def test_an_outbox_from_before_the_columns_gets_them_and_the_index(tmp_path: Pat
     _age_unconfirmed(path, UNCONFIRMED_LIMIT + 1)
     assert outbox.claim("me", 10, 30.0) == []
     assert outbox.take_expired() == 1 and outbox.take_expired() == 0
-    assert outbox.query("SELECT status, error_code FROM events") == [("dead", UNCONFIRMED_CODE)]
+    assert outbox._query("SELECT status, error_code FROM events") == [("dead", UNCONFIRMED_CODE)]
     outbox.close()
     Outbox(path).close()  # opening again (the column exists now) is fine
 
@@ -200,7 +200,7 @@ def test_a_lease_that_ran_out_long_ago_is_dead_lettered_not_resent(tmp_path: Pat
         db.execute("UPDATE events SET lease_until = ?", (time.time() - 2 * 86400,))
     assert outbox.claim("me", 10, 30.0) == []
     assert outbox.take_expired() == 1
-    [(status, code, unconfirmed)] = outbox.query(
+    [(status, code, unconfirmed)] = outbox._query(
         "SELECT status, error_code, unconfirmed FROM events"
     )
     assert (status, code) == ("dead", UNCONFIRMED_CODE)
@@ -218,7 +218,7 @@ def test_answers_for_rows_dead_lettered_meanwhile_keep_their_reason(tmp_path: Pa
     outbox.mark_dead([(rid, UNCONFIRMED_CODE, "past the window")])
     outbox.mark_retry([rid], 0.0, "connection_error", "timeout", maybe_sent=True)
     outbox.release([rid])
-    assert outbox.query("SELECT status, error_code, error_message FROM events") == [
+    assert outbox._query("SELECT status, error_code, error_message FROM events") == [
         ("dead", UNCONFIRMED_CODE, "past the window")
     ]
     outbox.close()
@@ -269,8 +269,8 @@ def test_rows_whose_lease_ran_out_or_whose_process_died_are_unconfirmed(tmp_path
     outbox.release(released)  # handed back unsent: nothing to suspect
     claimed = outbox.claim("me", 10, 30.0)
     assert sorted(r.id for r in claimed) == sorted(expired + released)
-    assert outbox.query(unconfirmed) == [(3,)]
-    assert outbox.query("SELECT id FROM events WHERE unconfirmed IS NOT NULL ORDER BY id") == [
+    assert outbox._query(unconfirmed) == [(3,)]
+    assert outbox._query("SELECT id FROM events WHERE unconfirmed IS NOT NULL ORDER BY id") == [
         (i,) for i in sorted(expired)
     ]
 
@@ -283,8 +283,8 @@ def test_rows_whose_lease_ran_out_or_whose_process_died_are_unconfirmed(tmp_path
     dead = f"{socket.gethostname()}:{proc.stdout.strip()}:0000"
     orphans = _leased(outbox, dead, 2, lease=30.0)
     assert outbox.reclaim_from_dead_processes(socket.gethostname()) == 1
-    assert outbox.query(
+    assert outbox._query(
         "SELECT COUNT(*) FROM events WHERE unconfirmed IS NOT NULL AND id IN (?, ?)", orphans
     ) == [(2,)]
-    assert outbox.query(unconfirmed) == [(5,)]
+    assert outbox._query(unconfirmed) == [(5,)]
     outbox.close()

@@ -204,7 +204,7 @@ def test_refused_characters_through_record_are_dead_lettered(
     meter.record(model="gpt-4o", dimensions={"feature": "a\u200bb"}, request_id="zw", **common)
     meter.record(Usage(model="gpt-4o", request_id="ok", **common))
     assert meter.flush(5)
-    rejected = meter._outbox.query("SELECT code, field, message, record FROM rejected ORDER BY id")
+    rejected = meter._outbox._query("SELECT code, field, message, record FROM rejected ORDER BY id")
     assert [(code, field) for code, field, _, _ in rejected] == [
         ("invalid_identifier", "model"),
         ("invalid_identifier", "provider"),
@@ -216,7 +216,7 @@ def test_refused_characters_through_record_are_dead_lettered(
     assert "got U+000A at index 4" in rejected[1][2]
     assert "key 'feature\\u2028'" in rejected[2][2] and "U+2028 at index 7" in rejected[2][2]
     assert "value of 'feature'" in rejected[3][2] and "U+200B at index 1" in rejected[3][2]
-    events = meter._outbox.query("SELECT identifier, model, value FROM events")
+    events = meter._outbox._query("SELECT identifier, model, value FROM events")
     assert events == [("ok:input:token-billing-tokens", "gpt-4o", 5)]
     stats = meter.stats()
     assert (stats["dead_lettered"], stats["events"]) == (4, 1)

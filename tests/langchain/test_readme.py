@@ -28,7 +28,7 @@ def test_readme_examples_run(
     assert "2 events in the ledger" in capsys.readouterr().out
     from stripe_token_meter.outbox import Outbox
 
-    rows = Outbox(tmp_path / "ledger.sqlite3").query(
+    rows = Outbox(tmp_path / "ledger.sqlite3")._query(
         "SELECT customer_id, model, token_type, value, payload FROM events ORDER BY id"
     )
     got = [(r[0], r[1], r[2], r[3]) for r in rows]

@@ -86,7 +86,7 @@ def test_no_customer_is_dead_lettered(stripe_logger: Any, fake_stripe: Any) -> N
     assert meter.flush(5)
     assert fake_stripe.events() == []
     assert meter.stats()["invalid"] == 1
-    (code,) = meter._outbox.query("SELECT code FROM rejected")[0]
+    (code,) = meter._outbox._query("SELECT code FROM rejected")[0]
     assert code == MissingCustomer.code
 
 
@@ -99,7 +99,7 @@ def test_bad_metadata_customer_is_dead_lettered_not_rerouted(
     wait_stat(logger, "recorded", 1)
     assert meter.flush(5)
     assert fake_stripe.events() == []
-    (code,) = meter._outbox.query("SELECT code FROM rejected")[0]
+    (code,) = meter._outbox._query("SELECT code FROM rejected")[0]
     assert code == InvalidCustomer.code
 
 

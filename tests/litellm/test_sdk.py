@@ -362,5 +362,5 @@ def test_inconsistent_usage_is_dead_lettered_with_its_reason(
     logger.log_success_event(kwargs, response, None, None)
     assert meter.flush(5)
     assert fake_stripe.events() == []
-    (code, message) = meter._outbox.query("SELECT code, message FROM rejected")[0]
+    (code, message) = meter._outbox._query("SELECT code, message FROM rejected")[0]
     assert code == "invalid_token_count" and "not inclusive" in message

@@ -49,7 +49,7 @@ def test_missing_customer_is_dead_lettered(
     usage_llm().chat(MSGS)
     assert meter.flush(5)
     assert fake_stripe.events() == []
-    assert meter._outbox.query("SELECT code, field FROM rejected") == [
+    assert meter._outbox._query("SELECT code, field FROM rejected") == [
         ("missing_customer", "customer_id")
     ]
     assert meter.stats()["dead_lettered"] == 1
@@ -117,4 +117,4 @@ def test_invalid_tag_customer_is_dead_lettered(
         usage_llm().chat(MSGS)
     assert meter.flush(5)
     assert fake_stripe.events() == []
-    assert meter._outbox.query("SELECT code FROM rejected") == [("invalid_customer",)]
+    assert meter._outbox._query("SELECT code FROM rejected") == [("invalid_customer",)]

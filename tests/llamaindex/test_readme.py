@@ -37,7 +37,7 @@ def test_readme_python_blocks_run(
             meter = namespace["meter"]
             assert meter.flush(5)
             # chat + stream (cus_123) and complete (cus_456): 3 calls, input + output each
-            rows = meter._outbox.query(
+            rows = meter._outbox._query(
                 "SELECT customer_id, model, token_type, value FROM events ORDER BY id"
             )
             assert sorted(rows) == sorted(

@@ -88,3 +88,16 @@ def window_identifier(
     material = json.dumps([event_name, customer_id, model, token_type, key, start, gen])
     digest = hashlib.sha256(material.encode("utf-8")).hexdigest()[:56]
     return f"stmw_{start}_{gen}_{digest}"
+
+
+def summed_call_message(window_status: str, window_identifier: str | None) -> str:
+    """Why `cancel` refuses one call that was summed into a window (both backends)."""
+    where = (
+        "that is still open" if window_status == "open" else f"sent as event {window_identifier}"
+    )
+    return (
+        f"this call was summed into an aggregation window {where}; one call inside a window "
+        "cannot be taken out. Cancel the whole window's event once it is sent "
+        "(`stripe-token-meter cancel <its identifier>`, within Stripe's 24 h) and record the "
+        "other calls again, or credit the customer in Stripe"
+    )

@@ -41,9 +41,9 @@ from .journal import (
     frame,
     take_orphans,
 )
-from .outbox import LOCAL, PENDING, Outbox, Progress, Reject, Row
 from .prepare import Preparer, RawRecord
 from .profile import SETTINGS, Profile, profile_from, settings_of
+from .storage.base import LOCAL, PENDING, OutboxStore, Progress, Reject, Row
 from .usage import Usage
 
 log = logging.getLogger("stripe_token_meter")
@@ -133,7 +133,7 @@ class Intake:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxStore,
         preparer: Preparer,
         health: Health,
         *,
@@ -578,3 +578,6 @@ class Intake:
         self.journal.detach()
         while self.drain(10**9)[0]:
             pass
+        # Journals of processes that died (kill -9) go in too, so a clean close leaves no
+        # usage on local disk once the outbox has it (a shared PostgreSQL outbox above all).
+        self.recover_orphans()

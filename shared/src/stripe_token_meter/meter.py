@@ -28,9 +28,8 @@ from .errors import ConfigurationError, CreditExhausted
 from .guard import Guard, Hold
 from .health import Health
 from .intake import Intake, Reader
-from .journal import journal_dir
-from .outbox import Outbox
 from .prepare import Preparer, RawRecord
+from .storage import open_store
 from .usage import Usage, check_customer, check_text
 from .worker import WORKER_MODULES, Worker
 
@@ -205,7 +204,7 @@ class TokenMeter:
 
     def _setup_process(self) -> None:
         self._health = Health()
-        self._outbox = Outbox(self._outbox_path)
+        self._outbox = open_store(self._outbox_path)
         preparer = Preparer(
             event_name=self.event_name,
             token_types=self.token_types,
@@ -223,7 +222,7 @@ class TokenMeter:
             api=self.api,
             max_queue=self._max_queue,
             lease_seconds=self._lease,
-            journal_dir=None if self._write_sync else journal_dir(self._outbox.path),
+            journal_dir=None if self._write_sync else self._outbox.journal_home,
             aggregate=self._aggregation,
         )
         self._state_lock = threading.Lock()
@@ -504,7 +503,7 @@ class TokenMeter:
             "paused": bool(worker and worker.paused),
             "last_error": self._health.last_error,
             "mode": "local" if self.local else self.api,
-            "outbox": self._outbox.path,
+            "outbox": self._outbox.label,
         }
 
     def close(self, timeout: float | None = None) -> None:

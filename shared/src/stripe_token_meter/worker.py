@@ -25,8 +25,14 @@ import anyio
 
 from .health import Health
 from .intake import Intake
-from .outbox import PRUNE_LIMIT, UNCONFIRMED_CODE, UNCONFIRMED_LIMIT, Row
 from .retry import Outcome, Verdict, backoff
+from .storage.base import (
+    PRUNE_LIMIT,
+    UNCONFIRMED_CODE,
+    UNCONFIRMED_LIMIT,
+    OutboxUnavailable,
+    Row,
+)
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -233,13 +239,14 @@ class Worker:
             except Exception as exc:  # e.g. disk full, database locked: keep going
                 self._done[:0] = done  # answers not yet applied: apply them next turn
                 self._health.note_error("worker_error", repr(exc))
-                self._health.log_every(
-                    f"turn:{type(exc).__name__}",
-                    logging.ERROR,
-                    "stripe-token-meter: delivery turn failed; retrying every second (events "
-                    "stay in the journal and the outbox)",
-                    exc,
-                )
+                if not isinstance(exc, OutboxUnavailable):  # the outbox logged that one
+                    self._health.log_every(
+                        f"turn:{type(exc).__name__}",
+                        logging.ERROR,
+                        "stripe-token-meter: delivery turn failed; retrying every second (events "
+                        "stay in the journal and the outbox)",
+                        exc,
+                    )
                 await anyio.sleep(1.0)
                 continue
             if to_send is not None:
@@ -376,7 +383,7 @@ class Worker:
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
         try:
-            rows = self._outbox.claim(self.owner, size * free, self._lease)
+            rows = self._outbox.claim(self.owner, size * free, self._lease, api=self._intake.api)
             self._note_expired(self._outbox.take_expired())
         except Exception:
             for batch in reversed(batches):  # not handed out: keep them for the next turn

@@ -16,7 +16,7 @@ import stripe
 
 from ..errors import ConfigurationError, InvalidUsage
 from ..meter import check_api_key
-from ..outbox import default_outbox_path
+from ..storage.base import default_outbox_path, redact_url
 from ..usage import check_text
 from ._errors import CliError
 
@@ -56,7 +56,8 @@ def add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None
         "--outbox",
         default=default,
         metavar="PATH",
-        help="outbox/ledger SQLite file; default $STRIPE_TOKEN_METER_OUTBOX, else the per-user data dir",
+        help="outbox/ledger: a SQLite file or a postgresql:// URL; default $STRIPE_TOKEN_METER_OUTBOX, "
+        "else a SQLite file in the per-user data dir",
     )
     group.add_argument(
         "--api",
@@ -84,9 +85,15 @@ class Config:
     key_source: str | None
     api_base: str | None
     event_name: str
-    outbox_path: Path
+    outbox_path: Path | str
+    """A SQLite file's path, or a PostgreSQL URL (a `str`)."""
     outbox_source: str
     api: Literal["v1", "v2"]
+
+    @property
+    def outbox_label(self) -> str:
+        """The outbox for messages: a URL's password is not shown."""
+        return redact_url(self.outbox_path)
 
     @property
     def key_kind(self) -> str | None:
@@ -160,7 +167,9 @@ def load_config(args: argparse.Namespace) -> Config:
         raise CliError(f"--event-name: {exc.message}") from None
     outbox = getattr(args, "outbox", None)
     if outbox:
-        path, outbox_source = Path(outbox).expanduser(), "--outbox"
+        # A URL stays text: a PostgreSQL outbox, or another scheme `open_outbox` refuses.
+        path: Path | str = outbox if "://" in outbox else Path(outbox).expanduser()
+        outbox_source = "--outbox"
     else:
         path = default_outbox_path()
         env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..meter import TokenMeter
-from ..outbox import Outbox
+from ..storage import OutboxStore
 from ._config import Config
 from ._errors import one_line, redact
 from ._outbox import remember_error
@@ -56,7 +56,7 @@ def explain_error(error: str | None, cfg: Config) -> str | None:
 def _deliver_api(
     cfg: Config,
     key: str,
-    outbox: Outbox,
+    outbox: OutboxStore,
     api: str,
     deadline: float,
     tick: Callable[[], None],
@@ -89,7 +89,7 @@ def _deliver_api(
         outbox.release_held(held)
 
 
-def deliver(cfg: Config, outbox: Outbox, timeout: float, label: str, source: str) -> Delivery:
+def deliver(cfg: Config, outbox: OutboxStore, timeout: float, label: str, source: str) -> Delivery:
     """Send every pending row, each through its own API, until none is left or `timeout`."""
     key = cfg.require_key(source)
     start = time.monotonic()

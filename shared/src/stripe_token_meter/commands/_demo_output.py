@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..outbox import Outbox
+from ..storage import OutboxStore
 from ..testing import FakeStripe
 from ._demo_calls import FrameworkRun
 from ._output import out
@@ -55,15 +55,9 @@ class DemoResult:
 
     # -- gathering --------------------------------------------------------------------------
 
-    def collect(self, outbox: Outbox, fake: FakeStripe | None) -> None:
+    def collect(self, outbox: OutboxStore, fake: FakeStripe | None) -> None:
         """Read what was delivered; with an in-process FakeStripe, what it accepted."""
-        delivered: dict[Line, tuple[int, int]] = {
-            (str(c), str(m), str(t)): (int(n), int(v))
-            for c, m, t, n, v in outbox.query(
-                "SELECT customer_id, model, token_type, COUNT(*), SUM(value) FROM events"
-                " WHERE status='delivered' GROUP BY 1, 2, 3"
-            )
-        }
+        delivered: dict[Line, tuple[int, int]] = outbox.delivered_totals()
         if fake is None:
             self.received = delivered
         else:

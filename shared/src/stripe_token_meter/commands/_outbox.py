@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import OutboxError
-from ..outbox import Outbox
+from ..storage import OutboxStore, open_store
 from ._config import Config
 from ._errors import CliError
 
@@ -21,9 +22,16 @@ META_LAST_ERROR = "last_error"
 """Outbox `meta` key holding the last delivery error seen by any process (JSON or text)."""
 
 
-def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False) -> Outbox:
+def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False) -> OutboxStore:
     """The configured outbox; `CliError` naming the path if it is missing or unreadable."""
     path = cfg.outbox_path
+    if not isinstance(path, Path):  # a URL: PostgreSQL, or a scheme open_store refuses by name
+        try:
+            outbox = open_store(path, readonly=readonly)
+            outbox.counts()  # connects: unreachable or refused now, not mid-command
+        except OutboxError as exc:
+            raise CliError(f"cannot use the outbox: {exc}") from None
+        return outbox
     if must_exist and not path.exists():
         raise CliError(
             f"no outbox at {path} ({cfg.outbox_source}): nothing was recorded there yet; "
@@ -32,8 +40,8 @@ def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False)
     if path.is_dir():
         raise CliError(f"--outbox: {path} is a directory; give the SQLite file's path")
     try:
-        outbox = Outbox(path, readonly=readonly)
-        outbox.query("SELECT COUNT(*) FROM events LIMIT 1")
+        outbox = open_store(path, readonly=readonly)
+        outbox.counts()
     except (sqlite3.Error, OSError, OutboxError) as exc:
         raise CliError(
             f"cannot read the outbox {path}: {exc}; check the path and its permissions "
@@ -42,7 +50,9 @@ def open_outbox(cfg: Config, *, must_exist: bool = True, readonly: bool = False)
     return outbox
 
 
-def remember_error(outbox: Outbox, error: str | None, source: str, *, paused: bool = False) -> None:
+def remember_error(
+    outbox: OutboxStore, error: str | None, source: str, *, paused: bool = False
+) -> None:
     """Keep the last delivery error in the outbox so `status` in another process shows it;
     `None` (everything delivered) clears it. `paused`: the run ended with the meter holding
     delivery back (key refused, Stripe down or pushing back), which `status` reports."""
@@ -55,7 +65,7 @@ def remember_error(outbox: Outbox, error: str | None, source: str, *, paused: bo
         outbox.set_meta(META_LAST_ERROR, "")
 
 
-def last_error(outbox: Outbox) -> dict[str, Any] | None:
+def last_error(outbox: OutboxStore) -> dict[str, Any] | None:
     """The last delivery error: the `meta` entry if any process saved one, else the newest
     error message on an event still pending or dead."""
     raw = outbox.get_meta(META_LAST_ERROR)
@@ -72,11 +82,8 @@ def last_error(outbox: Outbox) -> dict[str, Any] | None:
                 "paused": value.get("paused") is True,
             }
         return {"at": None, "error": str(value), "source": "meta", "paused": False}
-    rows = outbox.query(
-        "SELECT error_code, error_message FROM events WHERE error_message IS NOT NULL"
-        " AND status IN ('pending', 'dead') ORDER BY id DESC LIMIT 1"
-    )
-    if not rows:
+    newest = outbox.last_event_error()
+    if newest is None:
         return None
-    code, message = rows[0]
+    code, message = newest
     return {"at": None, "error": f"{code}: {message}", "source": "events", "paused": False}

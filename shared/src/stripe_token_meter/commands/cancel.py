@@ -16,7 +16,7 @@ from typing import Any
 
 import stripe
 
-from ..outbox import Outbox
+from ..storage import OutboxStore
 from ._config import Config, load_config
 from ._errors import EXIT_FAILED, EXIT_OK, CliError, redact, stripe_error_message
 from ._outbox import open_outbox
@@ -40,26 +40,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def expand(outbox: Outbox, ident: str) -> list[tuple[str, str | None, str | None, float | None]]:
+def expand(
+    outbox: OutboxStore, ident: str
+) -> list[tuple[str, str | None, str | None, float | None]]:
     """`(identifier, event_name, status, delivered_at)` for an identifier or a request id."""
-    sql = "SELECT identifier, event_name, status, delivered FROM events WHERE identifier"
-    rows = outbox.query(f"{sql}=?", [ident])
-    if not rows:
-        rows = outbox.query(f"{sql} LIKE ? ESCAPE '\\' ORDER BY id", [_like_prefix(ident)])
-    if not rows:
-        return [(ident, None, None, None)]
-    return [(str(i), str(e), str(s), None if d is None else float(d)) for i, e, s, d in rows]
-
-
-def _like_prefix(ident: str) -> str:
-    escaped = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + ":%"
+    return outbox.find_events(ident) or [(ident, None, None, None)]
 
 
 def _cancel_one(
     client: Callable[[], stripe.StripeClient],
     cfg: Config,
-    outbox: Outbox,
+    outbox: OutboxStore,
     target: tuple[str, str | None, str | None, float | None],
 ) -> dict[str, Any]:
     ident, event_name, status, delivered = target

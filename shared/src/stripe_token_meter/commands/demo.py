@@ -121,8 +121,9 @@ def _target(cfg: Config, real: bool) -> Iterator[tuple[Config, FakeStripe | None
 
 
 @contextlib.contextmanager
-def _outbox_path(cfg: Config) -> Iterator[Path]:
-    """The demo never writes into your real outbox unless `--outbox` says so."""
+def _outbox_path(cfg: Config) -> Iterator[Path | str]:
+    """The demo never writes into your real outbox unless `--outbox` says so (a file or a
+    PostgreSQL URL)."""
     if cfg.outbox_source == "--outbox":
         yield cfg.outbox_path
         return
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             api=target.api,
             event_name=target.event_name,
             pricing=pricing,
-            outbox=str(outbox_path) if cfg.outbox_source == "--outbox" else None,
+            outbox=cfg.outbox_label if cfg.outbox_source == "--outbox" else None,
         )
         progress = err()
         progress.print(f"[dim]Stripe: {result.describe_target()}; setting up...[/]")

@@ -88,22 +88,11 @@ def run(args: argparse.Namespace) -> int:
         except InvalidUsage as exc:
             raise CliError(f"--customer: {exc.message}") from None
     outbox = open_outbox(cfg, readonly=True)
-    where, params = ["1=1"], []
-    if args.since is not None:
-        where.append("timestamp >= ?")
-        params.append(int(args.since))
-    if args.customer:
-        where.append("customer_id = ?")
-        params.append(args.customer)
-    rows = outbox.query(
-        "SELECT customer_id, model, token_type, status, COUNT(*), SUM(value) FROM events"
-        f" WHERE {' AND '.join(where)} GROUP BY 1, 2, 3, 4",
-        params,
-    )
+    rows = outbox.report_rows(since=args.since, customer=args.customer or None)
     rejected = outbox.rejected_count(since=args.since, customer=args.customer or None)
     report = build_report(rows)
     report.update(
-        outbox=str(cfg.outbox_path),
+        outbox=cfg.outbox_label,
         since=iso(args.since) if args.since is not None else None,
         customer=args.customer,
         rejected_records=rejected,

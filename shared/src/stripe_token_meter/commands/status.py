@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..outbox import Outbox
+from ..storage import OutboxStore
 from ._config import Config, load_config
 from ._errors import EXIT_FAILED, EXIT_OK, one_line, redact
 from ._outbox import last_error, open_outbox
@@ -74,7 +74,7 @@ def _duration(text: str) -> float:
 
 def collect(
     cfg: Config,
-    outbox: Outbox,
+    outbox: OutboxStore,
     now: float | None = None,
     max_pending_age: float = DEFAULT_MAX_PENDING_AGE,
 ) -> dict[str, Any]:
@@ -82,17 +82,10 @@ def collect(
     rows still kept (`TokenMeter(retain_delivered=...)`, 35 days by default)."""
     now = time.time() if now is None else now
     counts = outbox.counts()
-    oldest = outbox.query("SELECT MIN(created) FROM events WHERE status='pending'")[0][0]
-    dead = outbox.query(
-        "SELECT COALESCE(error_code, 'unknown'), COUNT(*), SUM(value), MAX(error_message)"
-        " FROM events WHERE status='dead' GROUP BY 1 ORDER BY 2 DESC, 1"
-    )
-    rejected = outbox.query(
-        "SELECT code, COUNT(*), MAX(field), MAX(message) FROM rejected WHERE resolved IS NULL"
-        " GROUP BY code"
-        " ORDER BY 2 DESC, 1"
-    )
-    adjustments = dict(outbox.query("SELECT status, COUNT(*) FROM adjustments GROUP BY status"))
+    oldest = outbox.oldest_pending()
+    dead = outbox.dead_by_code()
+    rejected = outbox.rejected_by_code()
+    adjustments = outbox.adjustment_counts()
     warnings = []
     if counts["pending"] and cfg.api_key is None:
         warnings.append(
@@ -131,7 +124,7 @@ def collect(
         problems.append(f"delivery paused ({err['error']})")
     delivered_at = outbox.last_delivered()
     return {
-        "outbox": str(cfg.outbox_path),
+        "outbox": cfg.outbox_label,
         "outbox_source": cfg.outbox_source,
         "event_name": cfg.event_name,
         "api": cfg.api,

@@ -12,8 +12,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from .aggregate import Aggregation, window_identifier
-from .events import MeterEvent
+from ..aggregate import Aggregation, window_identifier
+from ..events import MeterEvent
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS windows (
@@ -169,6 +169,11 @@ def window_of_call(conn: sqlite3.Connection, identifier: str) -> tuple[str, str 
         (identifier,),
     ).fetchone()
     return None if row is None else (str(row[0]), row[1])
+
+
+def any_open(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT EXISTS(SELECT 1 FROM windows WHERE status='open')").fetchone()
+    return bool(row[0])
 
 
 def open_count(conn: sqlite3.Connection) -> int:
