@@ -313,29 +313,15 @@ class PostgresOutbox(PostgresOperations):
             return 0, []
         now = time.time()
         added: list[tuple[int, str]] = []
+        summed: int | None = None  # with `aggregate`: calls summed into windows, no rows
         with self._tx() as cur:
             if events and aggregate is not None:
                 summed = postgres_windows.add(cur, events, aggregate, now, status, api)
-                added = [(0, "")] * summed
-                owner = None
             elif events:
-                params = {
-                    "identifier": [e.identifier for e in events],
-                    "event_name": [e.event_name for e in events],
-                    "customer_id": [e.customer_id for e in events],
-                    "model": [_text(e.model) for e in events],
-                    "token_type": [e.token_type for e in events],
-                    "value": [e.value for e in events],
-                    "timestamp": [e.timestamp for e in events],
-                    "payload": [_compact(e.payload) for e in events],
-                    "status": status,
-                    "now": now,
-                    "delivered": now if status == LOCAL else None,
-                    "owner": owner,
-                    "until": now + lease_seconds if owner is not None else 0.0,
-                    "api": api,
-                }
-                cur.execute(q.INSERT_EVENTS.encode(), params)
+                until = now + lease_seconds if owner is not None else 0.0
+                cur.execute(
+                    q.INSERT_EVENTS.encode(), _event_params(events, status, now, owner, until, api)
+                )
                 added = [(int(i), str(ident)) for i, ident in cur.fetchall()]
             if rejects:
                 cur.executemany(
@@ -347,6 +333,8 @@ class PostgresOutbox(PostgresOperations):
                 )
             if progress:
                 cur.executemany(q.UPSERT_PROGRESS.encode(), list(progress))
+        if summed is not None:
+            return summed, []
         if owner is None:
             return len(added), []
         first: dict[str, MeterEvent] = {}
@@ -504,28 +492,37 @@ class PostgresOutbox(PostgresOperations):
         return bool(rows[0][0])
 
 
+def _event_params(
+    events: Sequence[MeterEvent],
+    status: str,
+    now: float,
+    owner: str | None,
+    until: float,
+    api: str | None,
+) -> dict[str, Any]:
+    """`INSERT_EVENTS`' parameters: one array per column, one statement per batch."""
+    return {
+        "identifier": [e.identifier for e in events],
+        "event_name": [e.event_name for e in events],
+        "customer_id": [e.customer_id for e in events],
+        "model": [_text(e.model) for e in events],
+        "token_type": [e.token_type for e in events],
+        "value": [e.value for e in events],
+        "timestamp": [e.timestamp for e in events],
+        "payload": [_compact(e.payload) for e in events],
+        "status": status,
+        "now": now,
+        "delivered": now if status == LOCAL else None,
+        "owner": owner,
+        "until": until,
+        "api": api,
+    }
+
+
 def _insert_closed(now: float) -> Callable[[Any, list[MeterEvent], str, str | None], None]:
     """Inserts a closed window's events on the closing transaction's cursor."""
 
     def insert(cur: Any, events: list[MeterEvent], status: str, api: str | None) -> None:
-        cur.execute(
-            q.INSERT_EVENTS.encode(),
-            {
-                "identifier": [e.identifier for e in events],
-                "event_name": [e.event_name for e in events],
-                "customer_id": [e.customer_id for e in events],
-                "model": [_text(e.model) for e in events],
-                "token_type": [e.token_type for e in events],
-                "value": [e.value for e in events],
-                "timestamp": [e.timestamp for e in events],
-                "payload": [_compact(e.payload) for e in events],
-                "status": status,
-                "now": now,
-                "delivered": now if status == LOCAL else None,
-                "owner": None,
-                "until": 0.0,
-                "api": api,
-            },
-        )
+        cur.execute(q.INSERT_EVENTS.encode(), _event_params(events, status, now, None, 0.0, api))
 
     return insert

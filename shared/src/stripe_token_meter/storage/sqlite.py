@@ -293,17 +293,23 @@ class Outbox(SqliteOperations):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 added = sqlite_windows.add(self._conn, events, aggregate, now, status, api)
-                if rejects:
-                    self._conn.executemany(
-                        _REJECT_SQL, [(now, c, f, m, _record_json(r)) for c, f, m, r in rejects]
-                    )
-                if progress:
-                    self._conn.executemany(_PROGRESS_SQL, progress)
+                self._store_rejects_and_progress(rejects, progress, now)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
         return added
+
+    def _store_rejects_and_progress(
+        self, rejects: Sequence[Reject], progress: Sequence[Progress], now: float
+    ) -> None:
+        """Inside the caller's transaction: rejected records and journal progress."""
+        if rejects:
+            self._conn.executemany(
+                _REJECT_SQL, [(now, c, f, m, _record_json(r)) for c, f, m, r in rejects]
+            )
+        if progress:
+            self._conn.executemany(_PROGRESS_SQL, progress)
 
     def close_windows(self, *, everything: bool = False) -> int:
         """Turn the aggregation windows due now (all open ones if `everything`: a flush
@@ -376,12 +382,7 @@ class Outbox(SqliteOperations):
                     added = self._conn.execute(
                         "SELECT id, identifier FROM events WHERE id>? ORDER BY id", (last,)
                     ).fetchall()
-                if rejects:
-                    self._conn.executemany(
-                        _REJECT_SQL, [(now, c, f, m, _record_json(r)) for c, f, m, r in rejects]
-                    )
-                if progress:
-                    self._conn.executemany(_PROGRESS_SQL, progress)
+                self._store_rejects_and_progress(rejects, progress, now)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
