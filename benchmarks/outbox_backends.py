@@ -38,7 +38,10 @@ import _common as c
 
 def child(url: str, outbox: str, index: int, n: int, tag: str, hang: bool) -> None:
     """Record n usages after "go", then flush and close (or, the victim, wait to be killed)."""
-    meter = c.remote_meter({"api": url, "meter_events": url}, outbox, lease_seconds=2.0)
+    # The victim sends one request at a time: with 16 in flight its whole backlog was
+    # accepted at once, before the parent could see the first event and kill it.
+    extra = {"concurrency": 1} if hang else {}
+    meter = c.remote_meter({"api": url, "meter_events": url}, outbox, lease_seconds=2.0, **extra)
     customer = f"cus_ob{tag}p{index}"
     rids = [c.request_id(f"{tag}-p{index}", i) for i in range(n)]
     print("READY", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import socketserver
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -116,6 +117,13 @@ class Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that died mid-request (kill -9, a stopped process) resets its connection,
+        as clients of Stripe do: nothing to report. Anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def track(self, conn: socket.socket, add: bool) -> None:
         with self._conns_lock:
