@@ -15,6 +15,8 @@ from stripe_token_meter import TokenMeter
 from support.events import event_tuples
 from support.providers import AnthropicServer, OpenAIServer
 
+pytestmark = pytest.mark.e2e
+
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 

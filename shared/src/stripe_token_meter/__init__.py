@@ -23,7 +23,8 @@ from .errors import (
 )
 from .events import MeterEvent, build_events, make_identifier
 from .guard import Guard, Hold
-from .meter import TokenMeter, check_api_key
+from .meter import TokenMeter
+from .settings import check_api_key
 from .usage import Usage
 
 __all__ = [

@@ -2,21 +2,26 @@
 
 Why thin: each subcommand is a small module that can be read and tested alone; this file
 only knows their names, the global flags, and how an error becomes one line and exit 2.
+
+The command's own dependencies (rich for tables and progress, httpx for one-off API calls)
+are the `cli` extra, not the core's: `pip install 'stripe-token-meter[cli]'`. Without them
+the command says so in one line (exit 2) instead of a traceback, so the commands' modules
+are imported only once that check passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
-from typing import NoReturn
-
-from .commands import cancel, demo, fake, flush, replay, report, resolve, setup, status
-from .commands._config import add_global_flags
-from .commands._errors import EXIT_USAGE, CliError, one_line, redact
+from typing import Final, NoReturn
 
 PROG = "stripe-token-meter"
-_COMMANDS = (demo, setup, report, status, flush, replay, resolve, cancel, fake)
+EXIT_USAGE: Final = 2
+CLI_EXTRA: Final = ("rich", "httpx")
+"""What `stripe-token-meter[cli]` adds to the core: checked before any command is imported."""
+INSTALL_HINT: Final = "pip install 'stripe-token-meter[cli]'"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,11 +35,21 @@ class _RedactingFormatter(logging.Formatter):
     """Library log lines (and their tracebacks) may quote Stripe's messages: no key gets out."""
 
     def format(self, record: logging.LogRecord) -> str:
+        from .commands._errors import redact
+
         return redact(super().format(record))
+
+
+def missing_cli_extra() -> list[str]:
+    """The `cli` extra's packages this environment lacks (empty when the command can run)."""
+    return [name for name in CLI_EXTRA if importlib.util.find_spec(name) is None]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser; global flags work before or after the subcommand."""
+    from .commands import cancel, demo, fake, flush, replay, report, resolve, setup, status
+    from .commands._config import add_global_flags
+
     parser = _Parser(
         prog=PROG,
         description="Bill LLM tokens to Stripe meters: demo, set up Stripe, inspect and "
@@ -44,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _Parser(add_help=False)
     add_global_flags(shared, suppress=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in _COMMANDS:
+    for module in (demo, setup, report, status, flush, replay, resolve, cancel, fake):
         module.register(sub, [shared])
     return parser
 
@@ -61,6 +76,15 @@ def _configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 1 failed, 2 usage/config error)."""
+    missing = missing_cli_extra()
+    if missing:
+        sys.stderr.write(
+            f"{PROG}: error: the command needs {' and '.join(missing)}, which the core "
+            f"package does not install: {INSTALL_HINT}\n"
+        )
+        return EXIT_USAGE
+    from .commands._errors import CliError, one_line, redact
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ from .guard import Guard, Hold
 from .health import Health
 from .intake import Intake, Reader
 from .prepare import Preparer, RawRecord
+from .settings import check_api_key
 from .storage import open_store
 from .usage import Usage, check_customer, check_text
 from .worker import WORKER_MODULES, Worker
@@ -41,20 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stripe_token_meter")
 
 Counts = Literal["disjoint", "openai", "anthropic"]
-
-
-def check_api_key(api_key: str) -> None:
-    """Refuse keys that cannot write meter events, naming the kind to use (never the key)."""
-    if api_key.startswith("pk_"):
-        raise ConfigurationError(
-            "api_key: a publishable key (pk_) cannot write meter events; it is meant for browsers. "
-            "Create a restricted key (rk_) with write access to 'Billing meter events'."
-        )
-    if not api_key.startswith(("sk_", "rk_")):
-        raise ConfigurationError(
-            "api_key: expected a Stripe secret (sk_) or restricted (rk_) key; restricted keys are "
-            "recommended for metering"
-        )
 
 
 MIN_RETAIN_DELIVERED = 86_400

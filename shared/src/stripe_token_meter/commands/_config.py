@@ -1,28 +1,24 @@
-"""Global configuration: flags first, then the environment TokenMeter reads.
+"""Global configuration: flags first, then the environment, read by `Settings.from_env`.
 
 Why: the command must see exactly what the application's `TokenMeter()` sees (same key,
-event name, outbox, API base), or `status` and `flush` would look at the wrong outbox.
+event name, outbox, API base, API), or `status` and `flush` would look at the wrong
+outbox; `settings.py` is the one reader of those variables.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import stripe
 
-from ..errors import ConfigurationError, InvalidUsage
-from ..meter import check_api_key
-from ..storage.base import default_outbox_path, redact_url
-from ..usage import check_text
+from ..settings import DEFAULT_EVENT_NAME, Settings, SettingsError, key_kind
+from ..storage.base import redact_url
 from ._errors import CliError
 
 STRIPE_API: str = "https://api.stripe.com"
-DEFAULT_EVENT_NAME = "token-billing-tokens"
-_KINDS = ("sk_test", "sk_live", "rk_test", "rk_live")
 
 
 def add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -61,20 +57,11 @@ def add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None
     )
     group.add_argument(
         "--api",
-        default=argparse.SUPPRESS if suppress else "v2",
+        default=default,
         choices=("v1", "v2"),
-        help="v2: meter event stream (default); v1: /v1/billing/meter_events",
+        help="v2: meter event stream; v1: /v1/billing/meter_events; "
+        "default $STRIPE_METER_API, else v2",
     )
-
-
-def key_kind(key: str | None) -> str | None:
-    """`sk_test`, `rk_live`, ...: the only part of a key we ever show."""
-    if key is None:
-        return None
-    for kind in _KINDS:
-        if key.startswith(kind + "_"):
-            return kind
-    return key[:2] if key[:3] in ("sk_", "rk_", "pk_") else "unknown"
 
 
 @dataclass(frozen=True)
@@ -133,54 +120,29 @@ class Config:
         )
 
 
-def _check_api_base(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")) or len(url) < len("http://x"):
-        raise CliError(
-            f"--api-base: expected an http(s) URL like http://127.0.0.1:12111, got {url!r}"
-        )
-    return url
+_FLAGS = {  # Settings field: (argparse dest, flag)
+    "api_key": ("api_key", "--api-key"),
+    "api_base": ("api_base", "--api-base"),
+    "event_name": ("event_name", "--event-name"),
+    "outbox_path": ("outbox", "--outbox"),
+    "api": ("api", "--api"),
+}
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """Flags, then environment, then defaults; every problem is a one-line `CliError`."""
-    key: str | None = getattr(args, "api_key", None)
-    source = "--api-key" if key else None
-    if not key:
-        key = os.environ.get("STRIPE_API_KEY") or None
-        source = "STRIPE_API_KEY" if key else None
-    if key is not None:
-        key = key.strip()
-        try:
-            check_api_key(key)
-        except ConfigurationError as exc:
-            raise CliError(f"{source}: {str(exc).removeprefix('api_key: ')}") from None
-    base = getattr(args, "api_base", None) or os.environ.get("STRIPE_API_BASE") or None
-    event_name = (
-        getattr(args, "event_name", None)
-        or os.environ.get("STRIPE_METER_EVENT_NAME")
-        or DEFAULT_EVENT_NAME
-    )
+    """Flags, then the environment (`Settings.from_env`), then defaults; every problem is a
+    one-line `CliError` naming the flag or variable it came from."""
+    given = {name: (flag, getattr(args, dest, None)) for name, (dest, flag) in _FLAGS.items()}
     try:
-        event_name = check_text("event_name", event_name, 100)
-    except InvalidUsage as exc:
-        raise CliError(f"--event-name: {exc.message}") from None
-    outbox = getattr(args, "outbox", None)
-    if outbox:
-        # A URL stays text: a PostgreSQL outbox, or another scheme `open_outbox` refuses.
-        path: Path | str = outbox if "://" in outbox else Path(outbox).expanduser()
-        outbox_source = "--outbox"
-    else:
-        path = default_outbox_path()
-        env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")
-        outbox_source = "STRIPE_TOKEN_METER_OUTBOX" if env else "default"
-    api: Literal["v1", "v2"] = "v1" if getattr(args, "api", None) == "v1" else "v2"
+        settings = Settings.from_env(given=given)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
     return Config(
-        api_key=key,
-        key_source=source,
-        api_base=_check_api_base(base) if base else None,
-        event_name=event_name,
-        outbox_path=path,
-        outbox_source=outbox_source,
-        api=api,
+        api_key=settings.api_key,
+        key_source=settings.sources.get("api_key"),
+        api_base=settings.api_base,
+        event_name=settings.event_name,
+        outbox_path=settings.outbox(),
+        outbox_source=settings.sources.get("outbox_path", "default"),
+        api=settings.api,
     )

@@ -108,6 +108,11 @@ def default_outbox_path() -> Path | str:
     env = os.environ.get("STRIPE_TOKEN_METER_OUTBOX")
     if env:
         return env if "://" in env else Path(env).expanduser()  # a URL: checked on open
+    return per_user_outbox_path()
+
+
+def per_user_outbox_path() -> Path:
+    """`$XDG_DATA_HOME` (else `~/.local/share`) `/stripe-token-meter/outbox.sqlite3`."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "share"
     )
