@@ -213,9 +213,10 @@ class MeterEventRoutes(State):
     def _h_session_create(self, req: _Request) -> tuple[int, Any]:
         if req.params:
             raise unknown_param(next(iter(req.params)))
-        token = new_id("mest_test")
+        token = new_id("mest_test" if req.mode == "test" else "mest_live")
         expires = req.now + self.session_ttl
         self._sessions[token] = expires
+        self._session_modes[token] = req.mode
         return 200, {
             "id": new_id("mes_test"),
             "object": "v2.billing.meter_event_session",

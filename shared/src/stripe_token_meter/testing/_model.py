@@ -137,6 +137,8 @@ class _Request(NamedTuple):
     params: dict[str, Any]
     now: float
     api: ApiVersion
+    mode: str = "test"
+    """`test` or `live`: the key's mode (`_limits.key_mode`); a session keeps its key's."""
 
 
 _HandlerFn = Callable[["FakeStripe", _Request], tuple[int, Any]]

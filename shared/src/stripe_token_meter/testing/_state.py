@@ -27,6 +27,7 @@ class State:
     _products: dict[str, dict[str, Any]]
     _prices: dict[str, dict[str, Any]]
     _sessions: dict[str, float]
+    _session_modes: dict[str, str]
     _events: list[AcceptedEvent]
     _seen: dict[str, tuple[float, AcceptedEvent | None]]
     _cancelled: set[str]

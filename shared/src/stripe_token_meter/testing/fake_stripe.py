@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from stripe_token_meter.testing._catalog import CatalogRoutes
 from stripe_token_meter.testing._faults import FaultControls, _Fault, _fault_error, _Periodic
+from stripe_token_meter.testing._limits import V1_EVENTS_PATH, Limits, Mode, key_mode, refuse
 from stripe_token_meter.testing._meter_events import MeterEventRoutes
 from stripe_token_meter.testing._meters import MeterRoutes
 from stripe_token_meter.testing._model import (
@@ -67,6 +68,7 @@ from stripe_token_meter.testing._wire import (
     invalid,
     mask_key,
     new_id,
+    parse_form,
     rate_limited,
 )
 
@@ -79,14 +81,17 @@ __all__ = ["TEST_ONLY_PREFIX", "AcceptedEvent", "FakeStripe"]
 class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
     """Stripe billing look-alike; start it, point ``stripe.StripeClient`` at ``url``, inspect.
 
-    All public methods are thread-safe. Attributes ``latency``, ``session_ttl``,
+    All public methods are thread-safe. Attributes ``limits``, ``latency``, ``session_ttl``,
     ``rate_limit_per_second``, ``auto_customers``, ``valid_keys`` and
     ``honor_idempotency_keys`` may be assigned at any time.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, limits: bool = True) -> None:
         self.host = host
         self.port = port
+        self.limits = limits
+        """Enforce Stripe's request limits by key mode (see `_limits`); False for
+        throughput experiments that must not be paced by Stripe's limits."""
         self.latency: float = 0.0
         """Seconds slept before answering each request (outside the state lock)."""
         self.session_ttl: float = 900.0
@@ -111,6 +116,7 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
         self._products: dict[str, dict[str, Any]] = {}
         self._prices: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, float] = {}
+        self._session_modes: dict[str, str] = {}
         self._init_volatile()
 
     def _init_volatile(self) -> None:
@@ -127,6 +133,7 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
         self._rate: dict[str, list[int]] = {}
         self._idempotency: dict[str, tuple[str, int, Response]] = {}
         self._internal_errors: list[BaseException] = []
+        self._limits = Limits()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -429,13 +436,70 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
                         status, payload, extra = cached[2]
                         replay = [*extra, ("Idempotent-Replayed", "true")]
                         return None if drop else (status, payload, replay)
-                status, obj = route.handler(self, _Request(args, params, now, route.api))
+                status, obj = route.handler(
+                    self, _Request(args, params, now, route.api, self._mode(route.auth, authz))
+                )
                 response: Response = (status, obj if isinstance(obj, bytes) else dumps(obj), [])
                 if idem_key and self.honor_idempotency_keys and 200 <= status < 300:
                     self._remember(idem_key, path, body, response)
             except ApiError as exc:
                 response = exc.render(api)
         return None if drop else response
+
+    def _mode(self, auth: str, authz: str | None) -> Mode:
+        token = _credential(authz)
+        if auth == "session":
+            return "live" if self._session_modes.get(token) == "live" else "test"
+        return key_mode(token)
+
+    def _admit(
+        self, method: str, raw_path: str, headers: Any, body: bytes
+    ) -> tuple[Response | None, tuple[str, str] | None]:
+        """Stripe's limits, checked as a request arrives (before its latency): the 429 it
+        gets, or the v1 (meter, customer) slot it holds until answered (see `_release`)."""
+        path = raw_path.partition("?")[0]
+        if not self.limits or path.startswith(TEST_ONLY_PREFIX):
+            return None, None
+        resolved = _resolve(method, path)
+        if resolved is None:
+            return None, None
+        authz: str | None = headers.get("Authorization")
+        now = time.time()
+        with self._lock:
+            err = self._limits.admit(self._mode(resolved[0].auth, authz), method, path, now)
+            if err is not None:
+                return refuse(err, path), None
+            if method != "POST" or path != V1_EVENTS_PATH:
+                return None, None
+            slot = self._v1_slot(body)
+            if slot is None:
+                return None, None
+            err = self._limits.lock(slot)
+            return (refuse(err, path), None) if err is not None else (None, slot)
+
+    def _v1_slot(self, body: bytes) -> tuple[str, str] | None:
+        """(meter id, customer) of a v1 meter event body, if it names an active meter."""
+        try:
+            params = parse_form(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        meter = self._active_meters.get(str(params.get("event_name")))
+        payload = params.get("payload")
+        if meter is None or not isinstance(payload, dict):
+            return None
+        return meter.id, str(payload.get(meter.customer_key))
+
+    def _release(self, slot: tuple[str, str] | None) -> None:
+        if slot is not None:
+            with self._lock:
+                self._limits.unlock(slot)
+
+    @property
+    def limit_refusals(self) -> Counter[str]:
+        """429s answered for Stripe's limits, by reason (`global-rate`, `endpoint-rate`,
+        `lock_timeout`); injected faults are not counted here."""
+        with self._lock:
+            return Counter(self._limits.refused)
 
     def _record_internal_error(self, exc: BaseException) -> None:
         with self._lock:
