@@ -109,6 +109,9 @@ class Worker:
         """Batches given to senders and not yet back, by `id()`."""
         self._sending: set[int] = set()
         """`id`s of handed batches a sender has taken: their request may be out."""
+        self._busy_lanes: set[tuple[str, str]] = set()
+        """Lanes (`Transport.lane`) of batches handed out and not yet back: v1 sends one
+        request per customer and event name at a time, the rest interleaved."""
         self._outage = 0
         """Consecutive turns whose batches all failed (see `_note_outage`)."""
         self._next_store = 0.0
@@ -201,6 +204,7 @@ class Worker:
                         r for k, b in self._handed.items() if k not in self._sending for r in b
                     )
                     self._handed.clear()
+                    self._busy_lanes.clear()
                     # Cancelled mid-request: Stripe may have recorded them (see mark_retry).
                     self._outbox.release(out, maybe_sent=True)
                 self._release_ready()
@@ -362,23 +366,66 @@ class Worker:
         size = transport.batch_size
         if self._outage:  # one probe at a time: free only if nothing is out
             free = 1 if free == transport.concurrency else 0
-        batches: list[Sequence[Row]] = []
-        while free > 0 and self._ready:
-            batches.append([self._ready.popleft() for _ in range(min(size, len(self._ready)))])
-            free -= 1
+        batches = self._pick(transport, free)
+        free -= len(batches)
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
+        if transport.lanes and len(self._ready) >= READY_LIMIT:
+            return batches  # enough rows wait for their lane; claim more once they move
         try:
             rows = self._outbox.claim(self.owner, size * free, self._lease)
             self._note_expired(self._outbox.take_expired())
         except Exception:
-            for batch in reversed(batches):  # not handed out: keep them for the next turn
-                self._ready.extendleft(reversed(batch))
+            self._unpick(transport, batches)  # not handed out: keep them for the next turn
             raise
         if not rows:
             self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
-        batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
+            return batches
+        if not self._ready:
+            self._ready_since = now
+        self._ready.extend(rows)
+        return batches + self._pick(transport, free)
+
+    def _pick(self, transport: Transport, free: int) -> list[Sequence[Row]]:
+        """Up to `free` batches from `_ready`, in order; with lanes (v1), a row whose lane
+        has a request out waits (still leased) and later rows go first."""
+        size = transport.batch_size
+        ready = self._ready
+        batches: list[Sequence[Row]] = []
+        if not transport.lanes:
+            while free > 0 and ready:
+                batches.append([ready.popleft() for _ in range(min(size, len(ready)))])
+                free -= 1
+            return batches
+        busy = self._busy_lanes
+        waiting: collections.deque[Row] = collections.deque()
+        while free > 0 and ready:
+            row = ready.popleft()
+            lane = transport.lane(row)
+            if lane is not None and lane in busy:
+                waiting.append(row)
+                continue
+            if lane is not None:
+                busy.add(lane)
+            batches.append([row])
+            free -= 1
+        if waiting:
+            waiting.extend(ready)
+            self._ready = waiting
         return batches
+
+    def _unpick(self, transport: Transport, batches: list[Sequence[Row]]) -> None:
+        """Batches `_pick` made that will not be sent after all: back to the front."""
+        for batch in reversed(batches):
+            self._ready.extendleft(reversed(batch))
+            self._free_lanes(transport, batch)
+
+    def _free_lanes(self, transport: Transport, batch: Sequence[Row]) -> None:
+        if transport.lanes:
+            for row in batch:
+                lane = transport.lane(row)
+                if lane is not None:
+                    self._busy_lanes.discard(lane)
 
     def _note_expired(self, n: int) -> None:
         """Rows the claim found unconfirmed for nearly 24 h were dead-lettered, not sent
@@ -411,6 +458,7 @@ class Worker:
                 except Exception as exc:  # a transport bug must not lose rows: retry them
                     outcomes = [Outcome(Verdict.RETRY, "internal_error", repr(exc))] * len(batch)
                 self._sending.discard(id(batch))
+                self._free_lanes(transport, batch)
                 del self._handed[id(batch)]
                 self._done.append((batch, outcomes))
                 self._progress.set()
@@ -445,7 +493,7 @@ class Worker:
         retry: dict[tuple[float, str, str, bool], list[int]] = {}
         answered = failed = 0
         for batch, outcomes in results:
-            if all(o.verdict is Verdict.RETRY for o in outcomes):
+            if all(o.verdict is Verdict.RETRY and not o.local for o in outcomes):
                 failed += 1
             else:
                 answered += 1
