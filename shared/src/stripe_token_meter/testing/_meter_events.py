@@ -157,7 +157,9 @@ class MeterEventRoutes(State):
         timestamp = opt_int(p, "timestamp")
         ts = int(req.now) if timestamp is None else timestamp
         identifier = opt_str(p, "identifier") or str(uuid.uuid4())
+        first = len(self._error_reports)
         self._accept_or_raise(event_name, identifier, payload, ts, "v1", req.now)
+        self._emit_reports(self._error_reports[first:], req.now)  # no_meter
         return 200, {
             "object": "billing.meter_event",
             "created": int(req.now),
@@ -244,6 +246,7 @@ class MeterEventRoutes(State):
         now = req.now
         parsed = [_v2_event(raw, i, now) for i, raw in enumerate(events)]
         reports = self._error_reports
+        first = len(reports)
         for name, identifier, payload, ts in parsed:
             rejection = self._accept(name, identifier, payload, ts, "v2", now)
             if rejection is not None:
@@ -255,6 +258,7 @@ class MeterEventRoutes(State):
                         "event_name": name,
                     }
                 )
+        self._emit_reports(reports[first:], now)
         return 200, b"{}"
 
     def _h_v2_meter_event_create(self, req: _Request) -> tuple[int, Any]:

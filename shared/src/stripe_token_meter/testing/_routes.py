@@ -16,6 +16,7 @@ from stripe_token_meter.testing._meters import MeterRoutes
 from stripe_token_meter.testing._model import (
     _Route,
 )
+from stripe_token_meter.testing._webhooks import Webhooks
 from stripe_token_meter.testing._wire import (
     ApiVersion,
     invalid,
@@ -115,6 +116,7 @@ _DYNAMIC: list[tuple[str, str, str, _Route]] = [
     ("DELETE", "/v1/customers/", "", _Route(CatalogRoutes._h_customer_delete, "v1", "key")),
     ("GET", "/v1/products/", "", _Route(CatalogRoutes._h_product_retrieve, "v1", "key")),
     ("GET", "/v1/prices/", "", _Route(CatalogRoutes._h_price_retrieve, "v1", "key")),
+    ("GET", "/v2/core/events/", "", _Route(Webhooks._h_v2_event_retrieve, "v2", "key")),
 ]
 
 

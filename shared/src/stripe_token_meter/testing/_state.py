@@ -6,6 +6,7 @@ read, which `FakeStripe.__init__` sets.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,10 @@ if TYPE_CHECKING:
 
 
 class State:
-    """Attributes only; no behaviour."""
+    """Attributes only; no behaviour (and `_emit_reports`, which `_webhooks` defines)."""
+
+    def _emit_reports(self, entries: list[dict[str, Any]], now: float) -> None:
+        raise NotImplementedError
 
     _lock: threading.Lock
     session_ttl: float
@@ -36,3 +40,11 @@ class State:
     _faults: list[_Fault]
     _periodic: list[_Periodic]
     _stalls: list[tuple[float, str | None]]
+    webhook_url: str | None
+    webhook_secret: str
+    error_report_samples: int
+    _v2_events: dict[str, dict[str, Any]]
+    _notifications: list[dict[str, str]]
+    _outgoing: queue.Queue[tuple[str, dict[str, str]]]
+    _sender: threading.Thread | None
+    _webhook_deliveries: list[tuple[str, int]]

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
 import socket
 import threading
 import time
@@ -59,6 +60,7 @@ from stripe_token_meter.testing._model import (
 )
 from stripe_token_meter.testing._routes import _credential, _parse_params, _resolve
 from stripe_token_meter.testing._server import Server
+from stripe_token_meter.testing._webhooks import Webhooks
 from stripe_token_meter.testing._wire import (
     TEST_ONLY_PREFIX,
     ApiError,
@@ -75,10 +77,13 @@ from stripe_token_meter.testing._wire import (
 if TYPE_CHECKING:
     import stripe
 
-__all__ = ["TEST_ONLY_PREFIX", "AcceptedEvent", "FakeStripe"]
+__all__ = ["TEST_ONLY_PREFIX", "TEST_WEBHOOK_SECRET", "AcceptedEvent", "FakeStripe"]
+
+TEST_WEBHOOK_SECRET = "whsec_test_fakestripe"
+"""FakeStripe signs its error-report events with this unless `webhook_secret` is set."""
 
 
-class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
+class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls, Webhooks):
     """Stripe billing look-alike; start it, point ``stripe.StripeClient`` at ``url``, inspect.
 
     All public methods are thread-safe. Attributes ``limits``, ``latency``, ``session_ttl``,
@@ -116,6 +121,15 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
         self._products: dict[str, dict[str, Any]] = {}
         self._prices: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, float] = {}
+        self.webhook_url: str | None = None
+        """Where error-report thin events are POSTed (None: only kept, see
+        `event_notifications()`)."""
+        self.webhook_secret: str = TEST_WEBHOOK_SECRET
+        """The endpoint secret they are signed with (a test secret, not a real one)."""
+        self.error_report_samples: int = 10
+        """Sampled failed events per error code in one report (Stripe samples too)."""
+        self._outgoing: queue.Queue[tuple[str, dict[str, str]]] = queue.Queue()
+        self._sender: threading.Thread | None = None
         self._session_modes: dict[str, str] = {}
         self._init_volatile()
 
@@ -134,6 +148,9 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls):
         self._idempotency: dict[str, tuple[str, int, Response]] = {}
         self._internal_errors: list[BaseException] = []
         self._limits = Limits()
+        self._v2_events: dict[str, dict[str, Any]] = {}
+        self._notifications: list[dict[str, str]] = []
+        self._webhook_deliveries: list[tuple[str, int]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
