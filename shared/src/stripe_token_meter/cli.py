@@ -11,12 +11,24 @@ import logging
 import sys
 from typing import NoReturn
 
-from .commands import cancel, demo, fake, flush, replay, report, resolve, setup, status
+from .commands import (
+    cancel,
+    demo,
+    errors,
+    fake,
+    flush,
+    reconcile,
+    replay,
+    report,
+    resolve,
+    setup,
+    status,
+)
 from .commands._config import add_global_flags
 from .commands._errors import EXIT_USAGE, CliError, one_line, redact
 
 PROG = "stripe-token-meter"
-_COMMANDS = (demo, setup, report, status, flush, replay, resolve, cancel, fake)
+_COMMANDS = (demo, setup, report, status, flush, replay, resolve, cancel, errors, reconcile, fake)
 
 
 class _Parser(argparse.ArgumentParser):

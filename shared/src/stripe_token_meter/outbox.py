@@ -1082,8 +1082,11 @@ class Outbox:
 
     def error_report_counts(self, *, since: float | None = None) -> dict[str, int]:
         """Errors Stripe reported per code, summed over the reports received since `since`."""
-        with self._lock:
-            self._conn.execute(self._ERROR_REPORTS_SQL)
+        with self._lock:  # read-only openers (the CLI) must not create the table
+            if not self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='error_reports'"
+            ).fetchone():
+                return {}
             rows = self._conn.execute(
                 "SELECT counts FROM error_reports WHERE (? IS NULL OR received>=?)",
                 (since, since),

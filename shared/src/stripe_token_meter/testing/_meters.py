@@ -165,6 +165,21 @@ class MeterRoutes(State):
                 "parameter_invalid_string",
                 "value_grouping_window",
             )
+        # Stripe's rules (API reference, billing.meter_event_summary list): times are
+        # aligned to minute boundaries, and to the grouping window's when grouping; `limit`
+        # is 1..100 as for every list.
+        align = 60 if window is None else (3600 if window == "hour" else DAY)
+        unit = "minute" if window is None else window
+        for name, value in (("start_time", start), ("end_time", end)):
+            if value % align:
+                raise invalid(
+                    f"{name} must be aligned with {unit} boundaries.",
+                    "parameter_invalid_integer",
+                    name,
+                )
+        limit = opt_int(p, "limit")
+        if limit is not None and not 1 <= limit <= 100:
+            raise invalid("limit must be between 1 and 100.", "parameter_invalid_integer", "limit")
         step = end - start if window is None else (3600 if window == "hour" else DAY)
         if (end - start) // step > 10_000:
             raise invalid(
