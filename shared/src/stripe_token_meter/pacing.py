@@ -9,7 +9,8 @@ key's mode and adapts to the 429s that still come:
 - live keys: v1 meter events 1,000/s (we aim at 900/s), the v2 stream 10,000/s (9,000).
 - a global 429 (`Stripe-Rate-Limited-Reason` `global-rate`, `global-concurrency`,
   `endpoint-*`, or none) halves the rate and holds every request for `HOLD` seconds;
-  each success then adds back a fiftieth of the target rate (AIMD).
+  each success then adds back a twentieth of the target rate (AIMD); the 429s of
+  requests already out count once.
 - a `lock_timeout` 429 is about one customer and meter: it is not paced here; the worker
   keeps one v1 request in flight per (customer, event name) and the event is retried
   with its own backoff.
@@ -73,6 +74,7 @@ class Pacer:
         self._next = 0.0
         self._window = window if window is not None else max(1, math.ceil(rate * 1.1))
         self._started: collections.deque[float] = collections.deque()
+        self._last_cut = -math.inf
         self.slowed = 0
         """Global 429s seen (each halved the rate)."""
 
@@ -101,10 +103,16 @@ class Pacer:
 
     def succeeded(self) -> None:
         if self.rate < self.target:
-            self.rate = min(self.target, self.rate + self.target / 50)
+            self.rate = min(self.target, self.rate + self.target / 20)
 
-    def rate_limited(self) -> None:
-        """A global 429: half the rate, and everyone waits `HOLD` seconds."""
+    def rate_limited(self, retry_after: float | None = None) -> None:
+        """A global 429: half the rate, and everyone waits `Retry-After` if Stripe sent
+        one, else `HOLD` seconds. The 429s of requests that were already out when the
+        first came are one signal, not many: the rate is halved at most once per `HOLD`."""
+        now = time.monotonic()
+        self._next = max(self._next, now + (HOLD if retry_after is None else retry_after))
+        if now < self._last_cut + HOLD:
+            return
+        self._last_cut = now
         self.slowed += 1
         self.rate = max(MIN_RATE, self.rate / 2)
-        self._next = max(self._next, time.monotonic() + HOLD)

@@ -196,7 +196,7 @@ class V2StreamTransport:
 def _adapt(pacer: Pacer, outcome: Outcome) -> None:
     """A global 429 slows every request of this transport; a lock timeout does not."""
     if outcome.code == "rate_limit" and not outcome.local:
-        pacer.rate_limited()
+        pacer.rate_limited(outcome.retry_after)
 
 
 class V1Transport:

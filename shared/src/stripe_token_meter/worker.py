@@ -519,12 +519,14 @@ class Worker:
         self._note_outage(answered, failed)
         self._outbox.mark_delivered(delivered)
         self._outbox.mark_dead(dead)
+        if delivered:  # first: a failure in the same turn stays the current error
+            self._health.note_delivered(len(delivered))
         for (delay, code, message, maybe_sent), ids in retry.items():
             self._outbox.mark_retry(ids, delay, code, message, maybe_sent=maybe_sent)
-            self._health.note_error(code, message)
+            self._health.note_error(code, message, delivery=True)
         if dead:
             _, code, message = dead[-1]
-            self._health.note_error(code, message)
+            self._health.note_error(code, message, delivery=True)
         if paused:
             self._outbox.release(paused, AUTH_PAUSE)
             self.hold_until = time.time() + AUTH_PAUSE
@@ -538,5 +540,4 @@ class Worker:
                 AUTH_PAUSE,
                 len(paused),
             )
-            self._health.note_error(first.code, first.message)
-        self._health.delivered += len(delivered)
+            self._health.note_error(first.code, first.message, delivery=True)
