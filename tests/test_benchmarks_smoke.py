@@ -20,6 +20,7 @@ SCRIPTS = [
     "caller_overhead.py",
     "http_clients.py",
     "durability.py",
+    "limits.py",
 ]
 
 

@@ -36,6 +36,8 @@ def test_flush_patience_restarts_while_stripe_keeps_taking_events(
     try:
         _record(meter, 66, customers=11)
         t0 = time.monotonic()
+        assert not meter.flush(1.0, max_wait=0.5)  # a hard bound holds
+        assert time.monotonic() - t0 < 0.9
         assert meter.flush(1.0)  # never a second without progress
         assert time.monotonic() - t0 > 2.0
         assert meter.stats()["delivered"] == 66

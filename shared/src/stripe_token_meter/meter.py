@@ -388,7 +388,7 @@ class TokenMeter:
         """`with meter.customer("cus_..."):` bills every call inside to that customer."""
         return customer_scope(customer_id)
 
-    def flush(self, timeout: float = 10.0) -> bool:
+    def flush(self, timeout: float = 10.0, *, max_wait: float | None = None) -> bool:
         """Wait until everything recorded so far is delivered, dead-lettered or in the ledger.
 
         "Recorded so far" includes the journals of processes that have exited (forked or
@@ -396,10 +396,11 @@ class TokenMeter:
         the outbox first, on this thread. `timeout` is patience, not a total: each time
         events are delivered or settled it starts again, so a large backlog that Stripe
         keeps taking (paced, or between 429s) is waited for; False once nothing moved
-        for `timeout` seconds.
+        for `timeout` seconds, or after `max_wait` seconds in all (a hard bound, e.g. a
+        Lambda's remaining time).
         """
         deadline = time.monotonic() + timeout
-        progress = _Progress(self, timeout)
+        progress = _Progress(self, timeout, max_wait)
         intake = self._intake
         try:
             intake.recover_orphans()
@@ -543,9 +544,10 @@ class _Progress:
 
     CHECK = 0.1
 
-    def __init__(self, meter: TokenMeter, timeout: float) -> None:
+    def __init__(self, meter: TokenMeter, timeout: float, max_wait: float | None) -> None:
         self._meter = meter
         self._timeout = timeout
+        self._cap = math.inf if max_wait is None else time.monotonic() + max_wait
         self._next = time.monotonic() + self.CHECK
         self._seen = self._state()
 
@@ -568,4 +570,6 @@ class _Progress:
             delivered > self._seen[0] or (0 <= pending < self._seen[1]) or backlog < self._seen[2]
         )
         self._seen = state
-        return max(deadline, now + self._timeout) if moved else deadline
+        if moved:
+            deadline = max(deadline, now + self._timeout)
+        return min(deadline, self._cap)

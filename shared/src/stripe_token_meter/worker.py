@@ -10,7 +10,9 @@ dead-lettered. Senders only talk to Stripe, so requests stay in flight back to b
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -51,7 +53,9 @@ start and then at most this many seconds apart (and by every `flush()`)."""
 REPLACED_CHECK: Final = 1.0
 """How often the worker checks that the outbox file is still the one it opened."""
 
-IDLE_POLL = 0.02
+IDLE_HOUSEKEEPING = 1.0
+"""With nothing queued, leased or in flight the loop sleeps until woken (a record, a
+flush, an answer) or the next housekeeping check, at most this long."""
 READY_LIMIT = 2000
 """Fresh rows kept leased in memory for the senders (a few rounds' worth). Should they
 wait half their lease (slow sends), they are given back, so no other process takes a row
@@ -123,6 +127,7 @@ class Worker:
         self._next_orphans = 0.0
         self._next_replaced = time.monotonic() + REPLACED_CHECK
         self._progress: anyio.Event
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(
             target=self._run_thread, name="stripe-token-meter", daemon=True
         )
@@ -145,12 +150,24 @@ class Worker:
     def nudge(self) -> None:
         """Work is waiting (`flush()`): run a turn now instead of on the timer."""
         self.wake.set()
+        self._rouse()
 
     def stop(self, deadline: float) -> None:
         """Store everything, deliver until `deadline` (monotonic), then end."""
         self.deadline = deadline
         self.stop_requested.set()
         self.wake.set()
+        self._rouse()
+
+    def _rouse(self) -> None:
+        """Wake the idle loop from any thread (records arrived, flush, close)."""
+        loop = self._event_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                loop.call_soon_threadsafe(self._set_progress)
+
+    def _set_progress(self) -> None:
+        self._progress.set()
 
     def _run_thread(self) -> None:
         """Runs the loop; if it crashes, runs it again after a backoff (counted, logged
@@ -176,6 +193,8 @@ class Worker:
 
     async def _main(self) -> None:
         self._progress = anyio.Event()
+        self._event_loop = asyncio.get_running_loop()  # anyio runs on asyncio here
+        self._intake.on_work = self._rouse
         transport = self._make_transport() if self._make_transport else None
         try:
             if transport is None:
@@ -379,7 +398,10 @@ class Worker:
             self._unpick(transport, batches)  # not handed out: keep them for the next turn
             raise
         if not rows:
-            self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
+            # Nothing due: look again on the timer, or (nothing pending at all) on the
+            # housekeeping one; a record or a flush wakes us earlier.
+            wait = FLUSH_INTERVAL if self._outbox.has_pending() else IDLE_HOUSEKEEPING
+            self._next_claim = now + wait
             return batches
         if not self._ready:
             self._ready_since = now
@@ -464,15 +486,26 @@ class Worker:
                 self._progress.set()
 
     async def _idle(self) -> None:
-        """Sleep until a batch comes back, the store timer, `flush()`/`close()`, a full queue."""
-        until = self._next_store
-        if self._next_claim > time.monotonic():
-            until = min(until, self._next_claim)
+        """Sleep until woken (a batch comes back, records arrive, `flush()`/`close()`) or
+        the next timer: the store timer while records wait or rows are out, the claim
+        timer, the end of a hold, housekeeping. No polling: an idle meter wakes about once
+        a second (`IDLE_HOUSEKEEPING`)."""
+        now = time.monotonic()
         intake = self._intake
-        while not self._done and time.monotonic() < until:
-            if self.wake.is_set() or intake.backlog() >= WAKE_AT_QUEUED:
-                break
-            with anyio.move_on_after(IDLE_POLL):
+        if self._done or self.wake.is_set() or intake.backlog() >= WAKE_AT_QUEUED:
+            return
+        until = min(now + IDLE_HOUSEKEEPING, self._next_replaced, self._next_orphans)
+        if intake.backlog() or self._ready or self._handed:
+            until = min(until, self._next_store)
+        if self._next_claim > now:
+            until = min(until, self._next_claim)
+        if not math.isinf(self._retain):
+            until = min(until, self._next_prune)
+        held = self.hold_until - time.time()
+        if held > 0:
+            until = min(until, now + held)
+        if until > now:
+            with anyio.move_on_after(until - now):
                 await self._progress.wait()
 
     def _note_outage(self, answered: int, failed: int) -> None:
