@@ -32,7 +32,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.pop("STRIPE_API_KEY", None)
 
 EVENT_NAME = "token-billing-tokens"
-FAKE_KEY = "sk_test_fake"
+FAKE_KEY = "sk_live_fake"
+"""A live-mode key: the meter paces to Stripe's live limits (v1 900/s, v2 9,000/s), above
+what these throughput benchmarks reach; a test key would pace at a sandbox's 22/s. The
+FakeStripe they start runs with `--no-limits` (throughput experiments; see limits.py)."""
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
@@ -314,6 +317,7 @@ class FakeStripeProcess:
             "--meter",
             self.event_name,
             "--auto-customers",
+            "--no-limits",
             *self.extra_args,
         ]
         self._proc = subprocess.Popen(

@@ -126,6 +126,41 @@ def kill9(path: Path, seconds: float) -> tuple[int, int, int]:
     return len(wanted), len(stored), missing
 
 
+def idle_and_latency(path: Path, seconds: float, samples: int) -> tuple[float, float]:
+    """(CPU % of one core the process uses while an idle keyed meter waits, median ms from
+    `record()` to the event at FakeStripe when calls come one at a time, idle between).
+
+    The worker sleeps until work arrives (records wake it) instead of polling every 20 ms;
+    FakeStripe runs in this process but is idle too. Limits off: this is about wake-ups."""
+    from _common import process_cpu
+    from stripe_token_meter.testing import FakeStripe
+
+    with FakeStripe(limits=False) as fake:
+        fake.create_meter("token-billing-tokens")
+        fake.auto_customers = True
+        meter = TokenMeter(api_key="sk_test_idle", api_base=fake.url, outbox_path=path)
+        try:
+            meter.record(_usage(-1))
+            assert meter.flush(10)
+            time.sleep(0.5)
+            cpu0, t0 = process_cpu(), time.monotonic()
+            time.sleep(seconds)
+            idle = (process_cpu() - cpu0) / (time.monotonic() - t0) * 100
+            lat: list[float] = []
+            for i in range(samples):
+                want = len(fake.identifiers()) + 2  # input and output
+                start = time.perf_counter()
+                meter.record(_usage(i))
+                while len(fake.identifiers()) < want:
+                    time.sleep(0.0005)
+                lat.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.3)  # idle again before the next call
+        finally:
+            meter.close(2)
+    lat.sort()
+    return idle, lat[len(lat) // 2]
+
+
 def main() -> int:
     args = parser(__doc__ or "").parse_args()
     runs = args.runs or (1 if args.quick else 5)
@@ -168,6 +203,16 @@ def main() -> int:
             report.add(Result(f"still in the journal when recording ended, {threads} thread(s)",
                               summarize(backlogs), "records", digits=0))  # fmt: skip
             report.add(Result("peak RSS of this process so far", summarize(rss), "MB", digits=0))
+        idles, lats = [], []
+        for r in range(runs):
+            idle, lat = idle_and_latency(Path(tmp) / f"i{r}.sqlite3", 1.0 if args.quick else 3.0,
+                                         5 if args.quick else 20)  # fmt: skip
+            idles.append(idle)
+            lats.append(lat)
+        report.add(Result("idle keyed meter: CPU of the process", summarize(idles),
+                          "% of a core", Target("<=", 0.2)))  # fmt: skip
+        report.add(Result("record() -> event at FakeStripe, one call after idle",
+                          summarize(lats), "ms", Target("<=", 250.0)))  # fmt: skip
         acked, stored, missing = [], [], []
         for r in range(1 if args.quick else 3):
             a, s, m = kill9(Path(tmp) / f"k{r}.sqlite3", 1.5 if args.quick else 5.0)

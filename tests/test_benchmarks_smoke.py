@@ -24,6 +24,7 @@ SCRIPTS = [
     "durability.py",
     "aggregation.py",
     "outbox_backends.py",
+    "limits.py",
 ]
 
 

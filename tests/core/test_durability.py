@@ -157,7 +157,9 @@ def test_records_survive_a_failed_store(local_meter: Any) -> None:
             )
 
     with disk_full(meter, fill) as stats:
-        assert stats["queued"] == 300 and stats["local"] == 1
+        # The worker wakes on the first record and may store it (or a few) while the
+        # file still has room in its last page; the rest wait.
+        assert stats["queued"] + stats["local"] == 301 and stats["queued"] >= 250, stats
         assert not meter.flush(0.5)  # not claimed done while records wait in memory
     assert meter.flush(10)
     stats = meter.stats()

@@ -567,8 +567,9 @@ def test_event_summaries(fake: FakeStripe, client: stripe.StripeClient) -> None:
             }
         )
     meter_id = fake.meters()[0]["id"]
+    minute = now // 60 * 60  # Stripe: times aligned to minute boundaries
     summaries = client.v1.billing.meters.event_summaries.list(
-        meter_id, {"customer": "cus_1", "start_time": now - 3600, "end_time": now + 60}
+        meter_id, {"customer": "cus_1", "start_time": minute - 3600, "end_time": minute + 60}
     )
     assert [s.aggregated_value for s in summaries.data] == [12.0]
     assert summaries.data[0].meter == meter_id

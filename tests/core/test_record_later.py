@@ -165,7 +165,9 @@ def test_items_survive_a_failed_store(local_meter: MeterFactory) -> None:
             meter.record_later("test", read_usage, {"in": 2, "out": 1}, f"r{i}")
 
     with disk_full(meter, fill) as stats:
-        assert stats["queued"] == 300 and stats["local"] == 2
+        # The worker wakes on the first item and may store it (or a few) while the file
+        # still has room in its last page; the rest wait.
+        assert stats["queued"] + stats["local"] // 2 == 301 and stats["queued"] >= 250, stats
         assert not meter.flush(0.5)  # not claimed done while records wait in memory
     assert meter.flush(10)
     stats = meter.stats()

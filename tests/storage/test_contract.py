@@ -279,6 +279,46 @@ def test_reports(store: OutboxStore, clock: Clock) -> None:
     assert store.event_names() == {"token-billing-tokens": 3}
 
 
+def test_stripe_error_reports_dead_letter_and_count_once(store: OutboxStore) -> None:
+    sent, waiting, settled = (stored_event(n, value=2) for n in ("sent", "waiting", "settled"))
+    store.add([sent, waiting, settled])
+    rows = {r.event.identifier: r.id for r in store.claim("w", 10, 30)}
+    store.mark_delivered([rows[sent.identifier]])
+    store.mark_dead([(rows[settled.identifier], "invalid", "bad")])
+    store.resolve_dead("invalid")
+    store.release([rows[waiting.identifier]])
+    reported = [
+        (i.identifier, "meter_event_customer_not_found", "no such customer")
+        for i in (sent, waiting, settled)
+    ]
+    assert store.dead_letter_identifiers([*reported, ("unknown-id", "x", "y")]) == (2, 1)
+    assert store.counts()[DEAD] == 2 and store.counts()[DELIVERED] == 0
+    assert store.record_error_report("evt_1", "v1.billing.meter.error_report_triggered", {"a": 2})
+    assert not store.record_error_report(
+        "evt_1", "v1.billing.meter.error_report_triggered", {"a": 2}
+    )
+    store.record_error_report("evt_2", "v1.billing.meter.no_meter_found", {"a": 1, "b": 4})
+    assert store.error_report_counts() == {"a": 3, "b": 4}
+
+
+def test_delivered_per_customer_hour(store: OutboxStore) -> None:
+    store.add([stored_event("a", customer="cus_a", value=3, timestamp=7200 + 5)])
+    store.add([stored_event("b", customer="cus_a", value=4, timestamp=7200 + 3599)])
+    store.add([stored_event("c", customer="cus_b", value=5, timestamp=10800)])
+    store.add([stored_event("d", customer="cus_b", value=6, timestamp=100)])
+    store.mark_delivered([r.id for r in store.claim("w", 10, 30)])
+    name = "token-billing-tokens"
+    assert store.delivered_per_customer_hour(name, 3600) == [
+        ("cus_a", 7200, 7, 2),
+        ("cus_b", 10800, 5, 1),
+    ]
+    assert store.delivered_per_customer_hour(name, 0, "cus_b") == [
+        ("cus_b", 0, 6, 1),
+        ("cus_b", 10800, 5, 1),
+    ]
+    assert store.delivered_per_customer_hour("other", 0) == []
+
+
 def test_meta(store: OutboxStore) -> None:
     assert store.get_meta("k") is None
     store.set_meta("k", "one")

@@ -47,7 +47,19 @@ def missing_cli_extra() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser; global flags work before or after the subcommand."""
-    from .commands import cancel, demo, fake, flush, replay, report, resolve, setup, status
+    from .commands import (
+        cancel,
+        demo,
+        errors,
+        fake,
+        flush,
+        reconcile,
+        replay,
+        report,
+        resolve,
+        setup,
+        status,
+    )
     from .commands._config import add_global_flags
 
     parser = _Parser(
@@ -59,7 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _Parser(add_help=False)
     add_global_flags(shared, suppress=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (demo, setup, report, status, flush, replay, resolve, cancel, fake):
+    commands = (
+        demo,
+        setup,
+        report,
+        status,
+        flush,
+        replay,
+        resolve,
+        cancel,
+        errors,
+        reconcile,
+        fake,
+    )
+    for module in commands:
         module.register(sub, [shared])
     return parser
 

@@ -38,6 +38,14 @@ class Health:
         self._lock = threading.Lock()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.last_error: str | None = None
+        """The latest error, until delivery succeeds after it if it was a delivery error
+        (a stale "rate_limit" must not outlive the recovery)."""
+        self.last_error_at: float | None = None
+        self.last_delivery_error: tuple[str, float] | None = None
+        """The latest delivery error and when (Unix seconds), kept after recovery."""
+        self.last_delivered_at: float | None = None
+        """When Stripe last accepted events from this process (Unix seconds)."""
+        self._delivery_error = False
         self.delivered = 0
         """Events this process saw Stripe accept (the worker's own count)."""
         self._warned: set[str] = set()
@@ -51,8 +59,23 @@ class Health:
         with self._lock:
             return dict(self.counters)
 
-    def note_error(self, code: str, message: str) -> None:
+    def note_error(self, code: str, message: str, *, delivery: bool = False) -> None:
+        """`delivery`: an answer (or no answer) from Stripe, cleared by a later success."""
+        now = time.time()
         self.last_error = f"{code}: {message}"[:500]
+        self.last_error_at = now
+        self._delivery_error = delivery
+        if delivery:
+            self.last_delivery_error = (self.last_error, now)
+
+    def note_delivered(self, n: int) -> None:
+        """Stripe accepted `n` events: a delivery error noted before is no longer current."""
+        self.delivered += n
+        self.last_delivered_at = time.time()
+        if self._delivery_error:
+            self.last_error = None
+            self.last_error_at = None
+            self._delivery_error = False
 
     def warn_once(self, key: str, message: str) -> None:
         """A warning logged the first time `key` comes up in this process."""

@@ -56,6 +56,9 @@ _LATER: Final = 2
 READ_BYTES: Final = 256 * 1024
 """Journal bytes read per drain step (about a thousand records): memory stays bounded."""
 JOURNAL_RETRY: Final = 1.0
+SIGNAL_EVERY: Final = 1000
+"""`on_work` is called for the first record after a drain and for every this many more
+(the worker then stores early instead of on its timer)."""
 """After a failed append, the journal is tried again at most this often (seconds)."""
 
 
@@ -173,6 +176,9 @@ class Intake:
         """Own journal frames in the outbox."""
         self._refs: dict[Reader, str] = {}
         self._readers: dict[str, Reader] = {}
+        self.on_work: Callable[[], None] | None = None
+        """Set by the worker: records are waiting (so it sleeps instead of polling)."""
+        self._undrained = 0
 
     # -- caller side -------------------------------------------------------------------------
 
@@ -192,8 +198,23 @@ class Intake:
                 u = _usage_tuple(usage) if isinstance(usage, Usage) else repr(usage)[:200]
             data = _encode((_RECORD, u, counts, fields, scoped, fallback, recorded_at))
             if self._append(journal, data):
+                n = self._undrained = self._undrained + 1
+                if n == 1 or n % SIGNAL_EVERY == 0:
+                    self._signal()
                 return
         self._hold(RawRecord(usage, counts, fields, scoped, fallback, recorded_at))
+        self._arrived()
+
+    def _arrived(self) -> None:
+        n = self._undrained = self._undrained + 1
+        if n == 1 or n % SIGNAL_EVERY == 0:
+            self._signal()
+
+    def _signal(self) -> None:
+        """Tell the worker records wait (a cross-thread wake-up: a few microseconds)."""
+        on_work = self.on_work
+        if on_work is not None:
+            on_work()
 
     def submit_later(
         self, source: str, read: Reader, args: tuple[Any, ...], scoped: str | None, now: float
@@ -210,8 +231,12 @@ class Intake:
         if journal is not None and self._append(
             journal, _encode((_LATER, source, ref, args, scoped, now))
         ):
+            n = self._undrained = self._undrained + 1
+            if n == 1 or n % SIGNAL_EVERY == 0:
+                self._signal()
             return True
         self._hold(LaterRecord(source, read, args, scoped, now))
+        self._arrived()
         return True
 
     def _usable_journal(self) -> JournalWriter | None:
@@ -282,6 +307,7 @@ class Intake:
         database locked) loses nothing: journal offsets were not committed, and queued
         records are carried to the next drain.
         """
+        self._undrained = 0
         with self._drain_lock:
             moved, rows = self._drain_memory(limit, lease_owner)
             if self.journal is not None and moved < limit:

@@ -391,14 +391,19 @@ class TokenMeter:
         """`with meter.customer("cus_..."):` bills every call inside to that customer."""
         return customer_scope(customer_id)
 
-    def flush(self, timeout: float = 10.0) -> bool:
+    def flush(self, timeout: float = 10.0, *, max_wait: float | None = None) -> bool:
         """Wait until everything recorded so far is delivered, dead-lettered or in the ledger.
 
         "Recorded so far" includes the journals of processes that have exited (forked or
         multiprocessing children, a previous deploy killed by SIGTERM): they are moved into
-        the outbox first, on this thread.
+        the outbox first, on this thread. `timeout` is patience, not a total: each time
+        events are delivered or settled it starts again, so a large backlog that Stripe
+        keeps taking (paced, or between 429s) is waited for; False once nothing moved
+        for `timeout` seconds, or after `max_wait` seconds in all (a hard bound, e.g. a
+        Lambda's remaining time).
         """
         deadline = time.monotonic() + timeout
+        progress = _Progress(self, timeout, max_wait)
         intake = self._intake
         try:
             intake.recover_orphans()
@@ -421,6 +426,7 @@ class TokenMeter:
                 continue  # the windows' events are now pending
             if settled and (self.local or not self._has_pending()):
                 return True
+            deadline = progress.extend(deadline)
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
@@ -489,6 +495,9 @@ class TokenMeter:
             "aggregating": counts.get("aggregating"),
             "paused": bool(worker and worker.paused),
             "last_error": self._health.last_error,
+            "last_error_at": self._health.last_error_at,
+            "last_delivery_error": _error_entry(self._health.last_delivery_error),
+            "last_delivered_at": self._health.last_delivered_at,
             "mode": "local" if self.local else self.api,
             "outbox": self._outbox.label,
         }
@@ -544,3 +553,44 @@ def _after_fork(ref: weakref.ReferenceType[TokenMeter]) -> None:
         if journal is not None:
             journal.forget_in_child()
         meter._setup_process()
+
+
+def _error_entry(value: tuple[str, float] | None) -> dict[str, Any] | None:
+    return None if value is None else {"error": value[0], "at": value[1]}
+
+
+class _Progress:
+    """`flush()`'s patience: the deadline moves on whenever delivery moved (checked at
+    most every `CHECK` seconds: it reads the outbox's pending count)."""
+
+    CHECK = 0.1
+
+    def __init__(self, meter: TokenMeter, timeout: float, max_wait: float | None) -> None:
+        self._meter = meter
+        self._timeout = timeout
+        self._cap = math.inf if max_wait is None else time.monotonic() + max_wait
+        self._next = time.monotonic() + self.CHECK
+        self._seen = self._state()
+
+    def _state(self) -> tuple[int, int, int]:
+        health = self._meter._health
+        try:
+            pending = self._meter._outbox.pending_count()
+        except Exception:
+            pending = -1
+        return health.delivered, pending, self._meter._intake.backlog()
+
+    def extend(self, deadline: float) -> float:
+        now = time.monotonic()
+        if now < self._next:
+            return deadline
+        self._next = now + self.CHECK
+        state = self._state()
+        delivered, pending, backlog = state
+        moved = (
+            delivered > self._seen[0] or (0 <= pending < self._seen[1]) or backlog < self._seen[2]
+        )
+        self._seen = state
+        if moved:
+            deadline = max(deadline, now + self._timeout)
+        return min(deadline, self._cap)

@@ -38,6 +38,10 @@ class Outcome:
     """RETRY only: Stripe may have recorded the events although the send failed (no
     answer after the request went out, a 5xx). A resend is harmless only while Stripe
     still remembers the identifiers (`DEDUP_WINDOW`)."""
+    local: bool = False
+    """RETRY only: the failure is about this event's customer and meter (a `lock_timeout`
+    429: another call for them was in flight), not about Stripe: no outage, no global
+    slow-down; the event is retried with its own backoff."""
 
 
 DEDUP_WINDOW: Final = 24 * 3600.0
@@ -111,8 +115,8 @@ def classify(err: BaseException) -> Outcome:
     message = str(err.user_message or err)
     if isinstance(err, stripe.TemporarySessionExpiredError):
         return Outcome(Verdict.RENEW_SESSION, _error_code(err), message)
-    if isinstance(err, stripe.RateLimitError):
-        return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
+    if isinstance(err, stripe.RateLimitError) or err.http_status == 429:
+        return _rate_limited(err, message)
     if isinstance(err, stripe.APIConnectionError):
         # The SDK raises it `from` the HTTP client's own error.
         sent = not _never_connected(err.__cause__)
@@ -123,8 +127,6 @@ def classify(err: BaseException) -> Outcome:
         403,
     ):
         return Outcome(Verdict.PAUSE, _error_code(err), message)
-    if status == 429:
-        return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
     if status >= 500 or status in (0, 408, 409):
         # Stripe's own word on a 5xx: the request may or may not have been processed.
         return Outcome(
@@ -135,6 +137,20 @@ def classify(err: BaseException) -> Outcome:
     if _header(err, "Stripe-Should-Retry") == "true":
         return Outcome(Verdict.RETRY, _error_code(err), message, retry_after_seconds(err))
     return Outcome(Verdict.DEAD, _error_code(err), message)
+
+
+LOCK_TIMEOUT: Final = "lock_timeout"
+
+
+def _rate_limited(err: stripe.StripeError, message: str) -> Outcome:
+    """A 429: `lock_timeout` concerns one customer and meter (see `Outcome.local`); any
+    other is Stripe's rate or concurrency limit, named by `Stripe-Rate-Limited-Reason`."""
+    if _error_code(err) == LOCK_TIMEOUT:
+        return Outcome(Verdict.RETRY, LOCK_TIMEOUT, message, retry_after_seconds(err), local=True)
+    reason = _header(err, "Stripe-Rate-Limited-Reason")
+    if reason:
+        message = f"{message} (Stripe-Rate-Limited-Reason: {reason})"
+    return Outcome(Verdict.RETRY, "rate_limit", message, retry_after_seconds(err))
 
 
 def backoff(

@@ -25,6 +25,7 @@ import anyio
 import stripe
 
 from .outbox import Row
+from .pacing import Pacer
 from .retry import Outcome, Verdict, classify
 
 _DELIVERED = Outcome(Verdict.DELIVERED)
@@ -38,11 +39,18 @@ SESSION_MARGIN = 60.0
 
 
 class Transport(Protocol):
-    """Sends one batch; returns one outcome per row, in order."""
+    """Sends one batch; returns one outcome per row, in order.
+
+    `lane(row)`: rows with the same lane must not be in flight together (v1: Stripe's
+    one concurrent call per customer per meter); None: no such rule (v2).
+    """
 
     api: str
     batch_size: int
     concurrency: int
+    lanes: bool
+
+    def lane(self, row: Row) -> tuple[str, str] | None: ...
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]: ...
 
@@ -104,6 +112,7 @@ class V2StreamTransport:
     """`/v2/billing/meter_event_stream`: up to 100 events a request, session-token auth."""
 
     api = "v2"
+    lanes = False
 
     def __init__(
         self,
@@ -112,10 +121,12 @@ class V2StreamTransport:
         session: aiohttp.ClientSession | None = None,
         batch_size: int = 100,
         concurrency: int = V2_CONCURRENCY,
+        pacer: Pacer | None = None,
     ) -> None:
         self._client = _Client(client, session)
         self.batch_size = min(batch_size, 100)
         self.concurrency = concurrency
+        self.pacer = pacer or Pacer.for_client(client, "v2")
         self._token: str | None = None
         self._expires = 0.0
         self._lock = anyio.Lock()
@@ -124,6 +135,7 @@ class V2StreamTransport:
         async with self._lock:
             if renew or self._token is None or time.time() >= self._expires - SESSION_MARGIN:
                 client = self._client.client
+                await self.pacer.acquire()  # sessions count toward a sandbox's 25/s too
                 session = await client.v2.billing.meter_event_session.create_async()
                 self._token = session.authentication_token
                 self._expires = _parse_expiry(session.expires_at)
@@ -142,6 +154,7 @@ class V2StreamTransport:
                 for r in rows
             ]
         )
+        await self.pacer.acquire()
         await self._client.client.v2.billing.meter_event_stream.create_async(
             {"events": events},  # type: ignore[typeddict-item]
             options={"api_key": token},
@@ -155,9 +168,11 @@ class V2StreamTransport:
                 token = await self._session_token(renew)
                 posting = True
                 await self._post(rows, token)
+                self.pacer.succeeded()
                 return [_DELIVERED] * len(rows)
             except Exception as exc:  # classified below; nothing escapes the worker
                 outcome = classify(exc)
+                _adapt(self.pacer, outcome)
                 if not posting and outcome.maybe_sent:  # only the session failed: no events went
                     outcome = dataclasses.replace(outcome, maybe_sent=False)
             if outcome.verdict is not Verdict.RENEW_SESSION:
@@ -171,8 +186,17 @@ class V2StreamTransport:
             outcome = Outcome(Verdict.RETRY, outcome.code, outcome.message)
         return [outcome] * len(rows)
 
+    def lane(self, row: Row) -> tuple[str, str] | None:
+        return None
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _adapt(pacer: Pacer, outcome: Outcome) -> None:
+    """A global 429 slows every request of this transport; a lock timeout does not."""
+    if outcome.code == "rate_limit" and not outcome.local:
+        pacer.rate_limited(outcome.retry_after)
 
 
 class V1Transport:
@@ -180,6 +204,7 @@ class V1Transport:
 
     api = "v1"
     batch_size = 1
+    lanes = True
 
     def __init__(
         self,
@@ -187,9 +212,15 @@ class V1Transport:
         *,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = V1_CONCURRENCY,
+        pacer: Pacer | None = None,
     ) -> None:
         self._client = _Client(client, session)
         self.concurrency = concurrency
+        self.pacer = pacer or Pacer.for_client(client, "v1")
+
+    def lane(self, row: Row) -> tuple[str, str] | None:
+        """Stripe allows one concurrent v1 call per customer per meter."""
+        return row.event.customer_id, row.event.event_name
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
         out: list[Outcome] = []
@@ -197,6 +228,7 @@ class V1Transport:
         for r in rows:
             e = r.event
             try:
+                await self.pacer.acquire()
                 await client.v1.billing.meter_events.create_async(
                     {
                         "event_name": e.event_name,
@@ -205,9 +237,12 @@ class V1Transport:
                         "timestamp": e.timestamp,
                     }
                 )
+                self.pacer.succeeded()
                 out.append(_DELIVERED)
             except Exception as exc:  # classified; nothing escapes the worker
-                out.append(classify(exc))
+                outcome = classify(exc)
+                _adapt(self.pacer, outcome)
+                out.append(outcome)
         return out
 
     async def aclose(self) -> None:

@@ -10,7 +10,9 @@ dead-lettered. Senders only talk to Stripe, so requests stay in flight back to b
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -59,7 +61,9 @@ WINDOW_CHECK: Final = 0.25
 REPLACED_CHECK: Final = 1.0
 """How often the worker checks that the outbox file is still the one it opened."""
 
-IDLE_POLL = 0.02
+IDLE_HOUSEKEEPING = 1.0
+"""With nothing queued, leased or in flight the loop sleeps until woken (a record, a
+flush, an answer) or the next housekeeping check, at most this long."""
 READY_LIMIT = 2000
 """Fresh rows kept leased in memory for the senders (a few rounds' worth). Should they
 wait half their lease (slow sends), they are given back, so no other process takes a row
@@ -117,6 +121,9 @@ class Worker:
         """Batches given to senders and not yet back, by `id()`."""
         self._sending: set[int] = set()
         """`id`s of handed batches a sender has taken: their request may be out."""
+        self._busy_lanes: set[tuple[str, str]] = set()
+        """Lanes (`Transport.lane`) of batches handed out and not yet back: v1 sends one
+        request per customer and event name at a time, the rest interleaved."""
         self._outage = 0
         """Consecutive turns whose batches all failed (see `_note_outage`)."""
         self._next_store = 0.0
@@ -129,6 +136,7 @@ class Worker:
         self._next_windows = 0.0
         self._next_replaced = time.monotonic() + REPLACED_CHECK
         self._progress: anyio.Event
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(
             target=self._run_thread, name="stripe-token-meter", daemon=True
         )
@@ -151,12 +159,24 @@ class Worker:
     def nudge(self) -> None:
         """Work is waiting (`flush()`): run a turn now instead of on the timer."""
         self.wake.set()
+        self._rouse()
 
     def stop(self, deadline: float) -> None:
         """Store everything, deliver until `deadline` (monotonic), then end."""
         self.deadline = deadline
         self.stop_requested.set()
         self.wake.set()
+        self._rouse()
+
+    def _rouse(self) -> None:
+        """Wake the idle loop from any thread (records arrived, flush, close)."""
+        loop = self._event_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                loop.call_soon_threadsafe(self._set_progress)
+
+    def _set_progress(self) -> None:
+        self._progress.set()
 
     def _run_thread(self) -> None:
         """Runs the loop; if it crashes, runs it again after a backoff (counted, logged
@@ -182,6 +202,8 @@ class Worker:
 
     async def _main(self) -> None:
         self._progress = anyio.Event()
+        self._event_loop = asyncio.get_running_loop()  # anyio runs on asyncio here
+        self._intake.on_work = self._rouse
         transport = self._make_transport() if self._make_transport else None
         try:
             if transport is None:
@@ -210,6 +232,7 @@ class Worker:
                         r for k, b in self._handed.items() if k not in self._sending for r in b
                     )
                     self._handed.clear()
+                    self._busy_lanes.clear()
                     # Cancelled mid-request: Stripe may have recorded them (see mark_retry).
                     self._outbox.release(out, maybe_sent=True)
                 self._release_ready()
@@ -376,23 +399,69 @@ class Worker:
         size = transport.batch_size
         if self._outage:  # one probe at a time: free only if nothing is out
             free = 1 if free == transport.concurrency else 0
-        batches: list[Sequence[Row]] = []
-        while free > 0 and self._ready:
-            batches.append([self._ready.popleft() for _ in range(min(size, len(self._ready)))])
-            free -= 1
+        batches = self._pick(transport, free)
+        free -= len(batches)
         if free <= 0 or (now < self._next_claim and not force and not batches):
             return batches
+        if transport.lanes and len(self._ready) >= READY_LIMIT:
+            return batches  # enough rows wait for their lane; claim more once they move
         try:
             rows = self._outbox.claim(self.owner, size * free, self._lease, api=self._intake.api)
             self._note_expired(self._outbox.take_expired())
         except Exception:
-            for batch in reversed(batches):  # not handed out: keep them for the next turn
-                self._ready.extendleft(reversed(batch))
+            self._unpick(transport, batches)  # not handed out: keep them for the next turn
             raise
         if not rows:
-            self._next_claim = now + FLUSH_INTERVAL  # nothing due: look again on the timer
-        batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
+            # Nothing due: look again on the timer, or (nothing pending at all) on the
+            # housekeeping one; a record or a flush wakes us earlier.
+            wait = FLUSH_INTERVAL if self._outbox.has_pending() else IDLE_HOUSEKEEPING
+            self._next_claim = now + wait
+            return batches
+        if not self._ready:
+            self._ready_since = now
+        self._ready.extend(rows)
+        return batches + self._pick(transport, free)
+
+    def _pick(self, transport: Transport, free: int) -> list[Sequence[Row]]:
+        """Up to `free` batches from `_ready`, in order; with lanes (v1), a row whose lane
+        has a request out waits (still leased) and later rows go first."""
+        size = transport.batch_size
+        ready = self._ready
+        batches: list[Sequence[Row]] = []
+        if not transport.lanes:
+            while free > 0 and ready:
+                batches.append([ready.popleft() for _ in range(min(size, len(ready)))])
+                free -= 1
+            return batches
+        busy = self._busy_lanes
+        waiting: collections.deque[Row] = collections.deque()
+        while free > 0 and ready:
+            row = ready.popleft()
+            lane = transport.lane(row)
+            if lane is not None and lane in busy:
+                waiting.append(row)
+                continue
+            if lane is not None:
+                busy.add(lane)
+            batches.append([row])
+            free -= 1
+        if waiting:
+            waiting.extend(ready)
+            self._ready = waiting
         return batches
+
+    def _unpick(self, transport: Transport, batches: list[Sequence[Row]]) -> None:
+        """Batches `_pick` made that will not be sent after all: back to the front."""
+        for batch in reversed(batches):
+            self._ready.extendleft(reversed(batch))
+            self._free_lanes(transport, batch)
+
+    def _free_lanes(self, transport: Transport, batch: Sequence[Row]) -> None:
+        if transport.lanes:
+            for row in batch:
+                lane = transport.lane(row)
+                if lane is not None:
+                    self._busy_lanes.discard(lane)
 
     def _note_expired(self, n: int) -> None:
         """Rows the claim found unconfirmed for nearly 24 h were dead-lettered, not sent
@@ -425,20 +494,32 @@ class Worker:
                 except Exception as exc:  # a transport bug must not lose rows: retry them
                     outcomes = [Outcome(Verdict.RETRY, "internal_error", repr(exc))] * len(batch)
                 self._sending.discard(id(batch))
+                self._free_lanes(transport, batch)
                 del self._handed[id(batch)]
                 self._done.append((batch, outcomes))
                 self._progress.set()
 
     async def _idle(self) -> None:
-        """Sleep until a batch comes back, the store timer, `flush()`/`close()`, a full queue."""
-        until = self._next_store
-        if self._next_claim > time.monotonic():
-            until = min(until, self._next_claim)
+        """Sleep until woken (a batch comes back, records arrive, `flush()`/`close()`) or
+        the next timer: the store timer while records wait or rows are out, the claim
+        timer, the end of a hold, housekeeping. No polling: an idle meter wakes about once
+        a second (`IDLE_HOUSEKEEPING`)."""
+        now = time.monotonic()
         intake = self._intake
-        while not self._done and time.monotonic() < until:
-            if self.wake.is_set() or intake.backlog() >= WAKE_AT_QUEUED:
-                break
-            with anyio.move_on_after(IDLE_POLL):
+        if self._done or self.wake.is_set() or intake.backlog() >= WAKE_AT_QUEUED:
+            return
+        until = min(now + IDLE_HOUSEKEEPING, self._next_replaced, self._next_orphans)
+        if intake.backlog() or self._ready or self._handed:
+            until = min(until, self._next_store)
+        if self._next_claim > now:
+            until = min(until, self._next_claim)
+        if not math.isinf(self._retain):
+            until = min(until, self._next_prune)
+        held = self.hold_until - time.time()
+        if held > 0:
+            until = min(until, now + held)
+        if until > now:
+            with anyio.move_on_after(until - now):
                 await self._progress.wait()
 
     def _note_outage(self, answered: int, failed: int) -> None:
@@ -459,7 +540,7 @@ class Worker:
         retry: dict[tuple[float, str, str, bool], list[int]] = {}
         answered = failed = 0
         for batch, outcomes in results:
-            if all(o.verdict is Verdict.RETRY for o in outcomes):
+            if all(o.verdict is Verdict.RETRY and not o.local for o in outcomes):
                 failed += 1
             else:
                 answered += 1
@@ -485,12 +566,14 @@ class Worker:
         self._note_outage(answered, failed)
         self._outbox.mark_delivered(delivered)
         self._outbox.mark_dead(dead)
+        if delivered:  # first: a failure in the same turn stays the current error
+            self._health.note_delivered(len(delivered))
         for (delay, code, message, maybe_sent), ids in retry.items():
             self._outbox.mark_retry(ids, delay, code, message, maybe_sent=maybe_sent)
-            self._health.note_error(code, message)
+            self._health.note_error(code, message, delivery=True)
         if dead:
             _, code, message = dead[-1]
-            self._health.note_error(code, message)
+            self._health.note_error(code, message, delivery=True)
         if paused:
             self._outbox.release(paused, AUTH_PAUSE)
             self.hold_until = time.time() + AUTH_PAUSE
@@ -504,5 +587,4 @@ class Worker:
                 AUTH_PAUSE,
                 len(paused),
             )
-            self._health.note_error(first.code, first.message)
-        self._health.delivered += len(delivered)
+            self._health.note_error(first.code, first.message, delivery=True)

@@ -44,13 +44,37 @@ class Delivery:
     """Pending rows per API when the run started."""
 
 
+_UNREACHABLE = (
+    "clientconnectorerror",  # aiohttp (the SDK names the class: "A ClientConnectorError ...")
+    "connecterror",  # httpx
+    "connecttimeout",
+    "connectiontimeouterror",
+    "cannot connect",
+    "connection refused",
+    "connect call failed",
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "getaddrinfo",
+    "no route to host",
+    "network is unreachable",
+)
+"""Words of the errors (aiohttp, httpx, the OS; `retry._connect_errors`) that mean no
+connection was ever made."""
+
+
 def explain_error(error: str | None, cfg: Config) -> str | None:
-    """The worker's last error, with the URL when Stripe could not be reached."""
+    """The worker's last error as one line. "Cannot reach Stripe" only for a connection
+    that was never made; a connection that failed mid-request, a 429 or a 5xx is an
+    answer (or half of one) from a reachable Stripe and is quoted as it is."""
     if error is None:
         return None
+    text = redact(one_line(error))
     if error.startswith("connection_error"):
-        return f"cannot reach Stripe at {cfg.url} (connection refused or no network)"
-    return redact(one_line(error))
+        if any(word in error.lower() for word in _UNREACHABLE):
+            return f"cannot reach Stripe at {cfg.url} (connection refused or no network): {text}"
+        return f"the connection to Stripe at {cfg.url} failed during a request: {text}"
+    return text
 
 
 def _deliver_api(

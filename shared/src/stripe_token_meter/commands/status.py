@@ -180,6 +180,7 @@ def collect(
             for code, n, field, message in rejected
         ],
         "adjustments": {str(k): int(v) for k, v in adjustments.items()},
+        "stripe_error_reports": outbox.error_report_counts(),
         "last_error": err,
         "warnings": warnings,
         "problems": problems,
@@ -236,6 +237,13 @@ def _print(d: dict[str, Any]) -> None:
     )
     if d["last_error"]:
         console.print(f"[bold]Last delivery error[/] {d['last_error']['error']}", soft_wrap=True)
+    if d["stripe_error_reports"]:
+        console.print(
+            "[bold]Stripe error reports[/] "
+            + _counted(d["stripe_error_reports"])
+            + " (sampled events are dead letters below)",
+            soft_wrap=True,
+        )
     if d["dead_letters"]:
         table = Table(title="Dead letters (Stripe refused these events)", title_justify="left")
         for col in ("code", "events", "tokens", "fix"):

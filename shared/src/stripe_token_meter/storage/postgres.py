@@ -45,6 +45,7 @@ from .base import (
     redact_url,
 )
 from .postgres_ops import PostgresOperations
+from .postgres_stripe_reports import PostgresStripeReports
 
 try:
     import psycopg
@@ -125,7 +126,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class PostgresOutbox(PostgresOperations):
+class PostgresOutbox(PostgresOperations, PostgresStripeReports):
     """One connection (opened lazily, off the caller's thread) and one lock per process."""
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:

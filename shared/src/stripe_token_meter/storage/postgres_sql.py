@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from .postgres_stripe_reports import MIGRATION as ERROR_REPORTS_MIGRATION
 from .postgres_windows import MIGRATION as WINDOWS_MIGRATION
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the tables of SQLite outbox version 3 (with `unconfirmed`, `api`, `resolved`).
     """
@@ -61,6 +62,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # 2: aggregation windows (postgres_windows.py).
     WINDOWS_MIGRATION,
+    # 3: Stripe's error reports (postgres_stripe_reports.py).
+    ERROR_REPORTS_MIGRATION,
 )
 """Migration `k` takes the schema from version `k` to `k + 1`; never edit a released one."""
 

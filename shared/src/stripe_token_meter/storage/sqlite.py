@@ -56,9 +56,10 @@ from .sqlite_sql import (
     _owner_is_dead,
     _record_json,
 )
+from .sqlite_stripe_reports import SqliteStripeReports
 
 
-class Outbox(SqliteOperations):
+class Outbox(SqliteOperations, SqliteStripeReports):
     """Thread-safe access to one outbox file (one connection, one lock): `OutboxStore`."""
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Run FakeStripe standalone: ``python -m stripe_token_meter.testing [--port 12111]``.
+"""Run FakeStripe standalone: ``python -m stripe_token_meter.testing [--port 12111]``
+(``stripe-token-meter fake-stripe`` is the same command; its flags live in ``_options``).
 
 Why: demos and benchmarks in other processes (or other languages) need a Stripe to talk to,
 with the faults and latency tests inject (``--fail-every``, ``--latency``, ...) and a way to
@@ -23,28 +24,8 @@ from stripe_token_meter.testing.fake_stripe import FakeStripe
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m stripe_token_meter.testing",
-        description="Serve a Stripe-compatible fake billing API until Ctrl-C or SIGTERM.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free)")
-    parser.add_argument(
-        "--meter",
-        action="append",
-        default=[],
-        metavar="EVENT_NAME",
-        help="create an active sum meter for EVENT_NAME (repeatable)",
-    )
-    parser.add_argument(
-        "--customer",
-        action="append",
-        default=[],
-        metavar="CUS_ID",
-        help="create a customer with this id (repeatable)",
-    )
-    parser.add_argument(
-        "--auto-customers",
-        action="store_true",
-        help="accept any cus_ id as an existing customer",
+        description="Serve a Stripe-compatible fake billing API until Ctrl-C or SIGTERM "
+        "(the same server and flags as `stripe-token-meter fake-stripe`).",
     )
     _options.add_options(parser)
     return parser
@@ -65,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     problem = _options.check(args)
     if problem is not None:
         parser.error(problem)
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve as `args` say until SIGINT/SIGTERM; both CLIs end here."""
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -73,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
-    fake = FakeStripe(host=args.host, port=args.port)
+    fake = FakeStripe(host=args.host, port=args.port, limits=not args.no_limits)
     fake.auto_customers = args.auto_customers
     faults = _options.apply(fake, args)
     fake.start()

@@ -1,5 +1,5 @@
-"""Fault, latency and inspection flags shared by ``python -m stripe_token_meter.testing``
-and ``stripe-token-meter fake-stripe``.
+"""The flags of the one fake-server command, ``stripe-token-meter fake-stripe``, also
+run as ``python -m stripe_token_meter.testing``.
 
 Why one place: both commands serve the same FakeStripe, so the flags, their help text and
 their checks are defined once; each flag maps onto a ``FakeStripe`` attribute or method.
@@ -51,7 +51,36 @@ def _statuses(text: str) -> tuple[int, ...]:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """Add the fault, latency and inspection flags (defaults: no faults, no latency)."""
+    """Add every flag: where to listen, what to create, limits, faults, inspection."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free)")
+    parser.add_argument(
+        "--meter",
+        action="append",
+        default=[],
+        metavar="EVENT_NAME",
+        help="create an active sum meter for EVENT_NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--customer",
+        action="append",
+        default=[],
+        metavar="CUS_ID",
+        help="create a customer with this id (repeatable)",
+    )
+    parser.add_argument(
+        "--auto-customers",
+        action="store_true",
+        help="accept any cus_ id as an existing customer",
+    )
+    parser.add_argument(
+        "--no-limits",
+        action="store_true",
+        help="do not enforce Stripe's request limits (by default: test keys 25 requests/s "
+        "over all endpoints; live keys 1,000/s v1 meter events with one call in flight per "
+        "customer and meter, 10,000/s on the v2 stream, 100/s elsewhere), for throughput "
+        "experiments",
+    )
     faults = parser.add_argument_group(
         "faults and latency",
         "Injected on every matching request while the server runs. Requests are counted "
@@ -148,11 +177,12 @@ def check(args: argparse.Namespace) -> str | None:
 
 def apply(fake: FakeStripe, args: argparse.Namespace) -> list[str]:
     """Configure ``fake`` from the flags; returns one line per active fault, for the log."""
+    fake.limits = not args.no_limits
     fake.latency = args.latency
     fake.rate_limit_per_second = args.rate_limit
     fake.session_ttl = args.session_ttl
     where = f" on paths starting with {args.fault_path}" if args.fault_path else ""
-    lines: list[str] = []
+    lines: list[str] = [] if fake.limits else ["Stripe's request limits off (--no-limits)"]
     if args.latency:
         lines.append(f"latency {args.latency:g}s before every answer")
     if args.rate_limit is not None:
@@ -172,23 +202,3 @@ def apply(fake: FakeStripe, args: argparse.Namespace) -> list[str]:
         when = " after processing" if args.drop_after_processing else ""
         lines.append(f"drop every {args.drop_every} requests{where}{when}")
     return lines
-
-
-def to_argv(args: argparse.Namespace) -> list[str]:
-    """The flags back as ``python -m stripe_token_meter.testing`` arguments."""
-    argv = ["--latency", repr(args.latency), "--session-ttl", repr(args.session_ttl)]
-    if args.rate_limit is not None:
-        argv += ["--rate-limit", str(args.rate_limit)]
-    if args.fail_every is not None:
-        argv += ["--fail-every", str(args.fail_every)]
-    argv += ["--fail-status", ",".join(str(s) for s in args.fail_status)]
-    argv += ["--retry-after", "none" if args.retry_after is None else repr(args.retry_after)]
-    if args.drop_every is not None:
-        argv += ["--drop-every", str(args.drop_every)]
-    if args.drop_after_processing:
-        argv.append("--drop-after-processing")
-    if args.fault_path is not None:
-        argv += ["--fault-path", args.fault_path]
-    if args.dump_identifiers is not None:
-        argv += ["--dump-identifiers", args.dump_identifiers]
-    return argv

@@ -64,16 +64,20 @@ class Handler(BaseHTTPRequestHandler):
             self._write(*invalid("Invalid Content-Length header.").render("v1"), fake)
             return
         body = self.rfile.read(length) if length else b""
-        if not self.path.startswith(TEST_ONLY_PREFIX):
-            delay = fake.latency + fake._take_stall(self.path)
-            if delay > 0:
-                time.sleep(delay)
         response: Response | None
+        response, slot = fake._admit(method, self.path, self.headers, body)
         try:
-            response = fake._serve(method, self.path, self.headers, body)
+            if not self.path.startswith(TEST_ONLY_PREFIX):
+                delay = fake.latency + fake._take_stall(self.path)
+                if delay > 0:
+                    time.sleep(delay)
+            if response is None:
+                response = fake._serve(method, self.path, self.headers, body)
         except Exception as exc:
             fake._record_internal_error(exc)
             response = server_error(500).render("v2" if self.path.startswith("/v2/") else "v1")
+        finally:
+            fake._release(slot)
         if response is None:
             self.close_connection = True
             return
