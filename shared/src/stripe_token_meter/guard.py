@@ -5,11 +5,24 @@ called. The meter asks its guard, which either refuses (raises `CreditExhausted`
 returns a `Hold`: the call's reservation, released by the adapter when the call ends
 (answered, failed or cancelled). `CreditGuard` is the package's guard; any object with
 this shape works, e.g. a guard backed by the user's own ledger.
+
+A guard may also have these methods, which the meter calls when present:
+
+- `bind(binding: GuardBinding) -> None`: once, when the meter is built: where the meter
+  keeps usage, how cost is metered, how to reach Stripe.
+- `record_cost(customer_id: str, micros: int) -> None`: on the worker thread, each time a
+  priced call's cost event is built (marked-up cost in micro-units of the currency).
+- `close() -> None`: when the meter closes.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import stripe
 
 
 class Hold(Protocol):
@@ -29,3 +42,18 @@ class Guard(Protocol):
         memory (a cache refreshed in the background), never wait on the network.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class GuardBinding:
+    """What a meter tells its guard: where its usage is kept, how cost is metered."""
+
+    outbox: str | os.PathLike[str] | None
+    """The meter's `outbox_path` (None: the default per-user file)."""
+    cost_event_name: str | None
+    """The cost events' name; None when the meter has no `pricing` (no cost is known)."""
+    currency: str
+    """The pricing's currency (lowercase ISO code), "usd" without pricing."""
+    api_key: str | None
+    api_base: str | None
+    stripe_client: stripe.StripeClient | None
