@@ -4,7 +4,9 @@ rate at which one hot customer's calls are billed on v1.
 Each run records calls through the real stripe SDK to an in-process FakeStripe and
 counts what reached it. Side by side in one run: `aggregate_seconds=2` and per-call
 events. FakeStripe answers each request after `--latency` seconds (a round trip), which
-is what bounds v1: Stripe allows one concurrent call per customer per meter there.
+is what bounds v1: Stripe allows one concurrent call per customer per meter there. The
+key is a live-mode one: a sandbox key is paced at 25 requests/s, which would measure
+that limit instead of aggregation.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _run(
         fake.create_meter(EVENT)
         fake.auto_customers = True
         fake.latency = latency
-        meter = TokenMeter(api_key="sk_test_fake", api_base=fake.url, api=api,  # type: ignore[arg-type]
+        meter = TokenMeter(api_key="sk_live_fake", api_base=fake.url, api=api,  # type: ignore[arg-type]
                            outbox_path=tmp / f"{api}-{window}-{n}-{time.monotonic_ns()}.db",
                            aggregate_seconds=window)  # fmt: skip
         want: dict[tuple[str, str], int] = defaultdict(int)

@@ -131,9 +131,18 @@ class V2StreamTransport:
         self._expires = 0.0
         self._lock = anyio.Lock()
 
-    async def _session_token(self, renew: bool = False) -> str:
+    async def _session_token(self, expired: str | None = None) -> str:
+        """The current token; a new one if none, near expiry, or `expired` is still current.
+
+        Several sends in flight may all meet the same expired token: only the first renews
+        it, the others take the new one (one session request, not one per send).
+        """
         async with self._lock:
-            if renew or self._token is None or time.time() >= self._expires - SESSION_MARGIN:
+            if (
+                (expired is not None and expired == self._token)
+                or self._token is None
+                or time.time() >= self._expires - SESSION_MARGIN
+            ):
                 client = self._client.client
                 await self.pacer.acquire()  # sessions count toward a sandbox's 25/s too
                 session = await client.v2.billing.meter_event_session.create_async()
@@ -161,11 +170,12 @@ class V2StreamTransport:
         )
 
     async def send(self, rows: Sequence[Row]) -> list[Outcome]:
-        renew = False
+        expired: str | None = None
         for _ in range(3):
             posting = False
+            token: str | None = None
             try:
-                token = await self._session_token(renew)
+                token = await self._session_token(expired)
                 posting = True
                 await self._post(rows, token)
                 self.pacer.succeeded()
@@ -177,7 +187,7 @@ class V2StreamTransport:
                     outcome = dataclasses.replace(outcome, maybe_sent=False)
             if outcome.verdict is not Verdict.RENEW_SESSION:
                 break
-            renew = True
+            expired = token or self._token
         if outcome.verdict is Verdict.DEAD and len(rows) > 1:
             # Stripe rejected the request for one bad event: bisect to find it, send the rest.
             mid = len(rows) // 2
