@@ -60,8 +60,8 @@ def main() -> int:
     p.add_argument("--latency", type=float, default=0.02, help="FakeStripe seconds per request")
     args = p.parse_args()
     runs = args.runs or (1 if args.quick else 3)
-    n = 5_000 if args.quick else 100_000
-    hot = 500 if args.quick else 5_000
+    n = 2_000 if args.quick else 100_000
+    hot = 200 if args.quick else 5_000
     header("aggregation: fewer, larger events", args.quick)
     report = Report("aggregation")
     ok = True
