@@ -24,6 +24,7 @@ from .errors import (
 from .events import MeterEvent, build_events, make_identifier
 from .guard import Guard, Hold
 from .meter import TokenMeter
+from .pricing import Pricing, PricingError
 from .settings import check_api_key
 from .usage import Usage
 
@@ -41,6 +42,8 @@ __all__ = [
     "MeterEvent",
     "MissingCustomer",
     "OutboxError",
+    "Pricing",
+    "PricingError",
     "TokenMeter",
     "TokenMeterError",
     "Usage",
