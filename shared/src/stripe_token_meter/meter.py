@@ -29,6 +29,7 @@ from .guard import Guard, Hold
 from .health import Health
 from .intake import Intake, Reader
 from .prepare import Preparer, RawRecord
+from .pricing import Pricing
 from .settings import check_api_key
 from .storage import open_store
 from .usage import Usage, check_customer, check_text
@@ -43,6 +44,9 @@ log = logging.getLogger("stripe_token_meter")
 
 Counts = Literal["disjoint", "openai", "anthropic"]
 
+
+DEFAULT_COST_EVENT_NAME = "token-billing-cost"
+"""The cost events' name when `pricing` is given without `cost_event_name`."""
 
 MIN_RETAIN_DELIVERED = 86_400
 """A day: `stripe-token-meter cancel` needs the row for the 24 h Stripe allows, and a row
@@ -87,6 +91,12 @@ class TokenMeter:
     usage per (customer, model, token type, dimensions, window) and send one event per
     closed window instead of one per call (see `aggregate.py`). A call recorded twice
     (same request id) still counts once; `flush()` and `close()` send open windows early.
+
+    `pricing` (a `Pricing`): each priced call also sends one event named `cost_event_name`
+    (default "token-billing-cost", at most 100 characters, not `event_name`) whose value
+    is the call's marked-up cost in micro-units (1 USD = 1,000,000), with the `model` and
+    the call's dimensions but no `token_type`. Calls of a model without a price are billed
+    in tokens only and listed in `stats()["unpriced_models"]`.
     """
 
     def __init__(
@@ -114,6 +124,8 @@ class TokenMeter:
         retain_delivered: float = 35 * 86400,
         guard: Guard | None = None,
         aggregate_seconds: int | None = None,
+        pricing: Pricing | None = None,
+        cost_event_name: str | None = None,
     ) -> None:
         if api not in ("v2", "v1"):
             raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
@@ -129,6 +141,25 @@ class TokenMeter:
             event_name or os.environ.get("STRIPE_METER_EVENT_NAME") or "token-billing-tokens",
             100,
         )
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise ConfigurationError(
+                f"pricing: must be a stripe_token_meter.Pricing, got {type(pricing).__name__}"
+            )
+        if pricing is None and cost_event_name is not None:
+            raise ConfigurationError(
+                "cost_event_name: cost events need prices; pass pricing=Pricing({...}) too"
+            )
+        self.pricing = pricing
+        self.cost_event_name = (
+            None
+            if pricing is None
+            else check_text("cost_event_name", cost_event_name or DEFAULT_COST_EVENT_NAME, 100)
+        )
+        if self.cost_event_name is not None and self.cost_event_name == self.event_name:
+            raise ConfigurationError(
+                f"cost_event_name: must differ from event_name ({self.event_name!r}): cost "
+                "events (micro-units) need their own meter"
+            )
         self.api = api
         self.token_types: TokenTypes = token_types
         self.strict = strict
@@ -200,6 +231,8 @@ class TokenMeter:
             customer_key=self.customer_payload_key,
             value_key=self.value_payload_key,
             health=self._health,
+            pricing=self.pricing,
+            cost_event_name=self.cost_event_name,
         )
         self._intake = Intake(
             self._outbox,
@@ -498,6 +531,7 @@ class TokenMeter:
             "last_error_at": self._health.last_error_at,
             "last_delivery_error": _error_entry(self._health.last_delivery_error),
             "last_delivered_at": self._health.last_delivered_at,
+            "unpriced_models": self._health.unpriced(),
             "mode": "local" if self.local else self.api,
             "outbox": self._outbox.label,
         }
