@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stripe_token_meter import Pricing, TokenMeter, Usage
+from stripe_token_meter import GuardBinding, Pricing, TokenMeter, Usage
 from stripe_token_meter.errors import ConfigurationError, InvalidIdentifier
 
 MeterFactory = Callable[..., TokenMeter]
@@ -195,6 +195,105 @@ def test_cost_event_name_is_checked(tmp_path: Path) -> None:
     assert TokenMeter(outbox_path=tmp_path / "f.db").cost_event_name is None
 
 
+class LedgerGuard:
+    """A guard keeping its own spend ledger: the meter's collaborator in these tests."""
+
+    def __init__(self, fail_record: bool = False, fail_bind: bool = False) -> None:
+        self.bindings: list[GuardBinding] = []
+        self.costs: list[tuple[str, int]] = []
+        self.closed = 0
+        self.fail_record = fail_record
+        self.fail_bind = fail_bind
+
+    def reserve(self, customer_id: str, model: str | None) -> None:
+        return None
+
+    def bind(self, binding: GuardBinding) -> None:
+        self.bindings.append(binding)
+        if self.fail_bind:
+            raise RuntimeError("bind failed")
+
+    def record_cost(self, customer_id: str, micros: int) -> None:
+        self.costs.append((customer_id, micros))
+        if self.fail_record:
+            raise RuntimeError("ledger down")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.usefixtures("cost_meter")
+def test_the_guard_is_bound_told_each_cost_and_closed(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    guard = LedgerGuard()
+    outbox = tmp_path / "guarded.sqlite3"
+    meter = make_meter(
+        pricing=Pricing(PRICES, markup_percent="12.5", currency="USD"),
+        guard=guard,
+        outbox_path=outbox,
+    )
+    assert guard.bindings == [
+        GuardBinding(
+            outbox=outbox,
+            cost_event_name=COST,
+            currency="usd",
+            api_key="sk_test_fake",
+            api_base=fake_stripe.url,
+            stripe_client=None,
+        )
+    ]
+    meter.record(_gpt("g1", input_tokens=1000, output_tokens=100))  # 3500 * 1.125 = 3937.5
+    meter.record(_gpt("g2", customer="cus_b", input_tokens=3))  # 7.5 * 1.125 = 8.4375
+    meter.record(Usage(model="mistral/large", customer_id="cus_a", request_id="g3",
+                       input_tokens=5))  # fmt: skip
+    meter.record(model="openai/gpt-4o", request_id="g4", input_tokens=5)  # no customer: rejected
+    assert meter.flush(10)
+    assert sorted(guard.costs) == [("cus_a", 3_938), ("cus_b", 8)]
+    assert _costs(fake_stripe) == [("cus_a", "openai/gpt-4o", 3_938), ("cus_b", "openai/gpt-4o", 8)]
+    assert meter.stats()["invalid"] == 1
+    meter.close()
+    meter.close()
+    assert guard.closed == 1
+
+
+def test_guard_failures_are_contained(
+    make_meter: MeterFactory, fake_stripe: Any, tmp_path: Path
+) -> None:
+    fake_stripe.create_meter(COST)
+    client = fake_stripe.client()
+    guard = LedgerGuard(fail_record=True, fail_bind=True)
+    meter = make_meter(stripe_client=client, pricing=Pricing(PRICES), guard=guard)
+    [binding] = guard.bindings
+    assert (binding.api_key, binding.stripe_client) == (None, client)
+    meter.record(_gpt("f1", input_tokens=10))
+    assert meter.flush(10)
+    assert guard.costs == [("cus_a", 25)]
+    assert _costs(fake_stripe) == [("cus_a", "openai/gpt-4o", 25)]  # still billed
+    stats = meter.stats()
+    assert stats["adapter_errors"] == 2  # bind and record_cost, each counted
+
+
+def test_a_meter_without_pricing_binds_no_cost(tmp_path: Path) -> None:
+    guard = LedgerGuard()
+    meter = TokenMeter(outbox_path=tmp_path / "o.db", guard=guard)
+    meter.record(Usage(model="openai/gpt-4o", customer_id="cus_a", request_id="n1",
+                       input_tokens=10))  # fmt: skip
+    assert meter.flush(10)
+    meter.close()
+    assert guard.bindings == [
+        GuardBinding(
+            outbox=tmp_path / "o.db",
+            cost_event_name=None,
+            currency="usd",
+            api_key=None,
+            api_base=None,
+            stripe_client=None,
+        )
+    ]
+    assert guard.costs == [] and guard.closed == 1
+
+
 def test_the_local_ledger_keeps_cost_rows(local_meter: MeterFactory) -> None:
     meter = local_meter(pricing=Pricing(PRICES))
     meter.record(_gpt("l1", input_tokens=4, output_tokens=2))  # 10 + 20
@@ -234,11 +333,13 @@ def test_a_taken_over_journal_is_priced_as_its_writer_priced(
     outbox = tmp_path / "outbox.sqlite3"
     env = dict(os.environ, URL=fake_stripe.url, OUTBOX=str(outbox))
     subprocess.run([sys.executable, "-c", WRITER], env=env, check=True, timeout=60)
+    guard = LedgerGuard()
     reader = TokenMeter(
         api_key="sk_test_fake",
         api_base=fake_stripe.url,
         outbox_path=outbox,
         pricing=Pricing({"openai/gpt-4o": {"input": "1", "output": "1"}}),
+        guard=guard,
     )
     assert reader.flush(30)
     reader.close()
@@ -248,5 +349,6 @@ def test_a_taken_over_journal_is_priced_as_its_writer_priced(
         f"w-{i}:cost:writer-cost" for i in range(5)
     ]
     assert fake_stripe.events(event_name=COST) == []
+    assert guard.costs == [("cus_w", 675)] * 5  # the reader's guard hears of them
     types = sorted(e.payload["token_type"] for e in fake_stripe.events(event_name=TOKENS))
     assert types == ["cached_input"] * 5 + ["input"] * 5 + ["output"] * 5

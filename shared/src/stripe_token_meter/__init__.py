@@ -22,7 +22,7 @@ from .errors import (
     TokenMeterError,
 )
 from .events import MeterEvent, build_events, make_identifier
-from .guard import Guard, Hold
+from .guard import Guard, GuardBinding, Hold
 from .meter import TokenMeter
 from .pricing import Pricing, PricingError
 from .settings import check_api_key
@@ -32,6 +32,7 @@ __all__ = [
     "ConfigurationError",
     "CreditExhausted",
     "Guard",
+    "GuardBinding",
     "Hold",
     "InvalidCustomer",
     "InvalidDimension",

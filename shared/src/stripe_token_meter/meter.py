@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +26,7 @@ from .aggregate import DEFAULT_GRACE, Aggregation, aggregate_from_env, check_agg
 from .customer import _scope, customer_scope
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
 from .errors import ConfigurationError, CreditExhausted
-from .guard import Guard, Hold
+from .guard import Guard, GuardBinding, Hold
 from .health import Health
 from .intake import Intake, Reader
 from .prepare import Preparer, RawRecord
@@ -97,6 +98,10 @@ class TokenMeter:
     is the call's marked-up cost in micro-units (1 USD = 1,000,000), with the `model` and
     the call's dimensions but no `token_type`. Calls of a model without a price are billed
     in tokens only and listed in `stats()["unpriced_models"]`.
+
+    `guard`: asked before each provider call (`before_call`); if it has `bind`, it is
+    told once where usage is kept and how cost is metered (`GuardBinding`); if it has
+    `record_cost`, it hears of each cost event built; `close()` closes it.
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class TokenMeter:
             from . import transport  # noqa: F401
         self._outbox_path = outbox_path
         self._guard = guard
+        self._record_cost = _guard_method(guard, "record_cost")
         seconds = (
             check_aggregate_seconds(aggregate_seconds)
             if aggregate_seconds is not None
@@ -214,6 +220,7 @@ class TokenMeter:
             importlib.import_module(module)
         self._setup_process()
         self.closed = False
+        self._bind_guard(base)
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
@@ -233,6 +240,7 @@ class TokenMeter:
             health=self._health,
             pricing=self.pricing,
             cost_event_name=self.cost_event_name,
+            on_cost=self._record_cost,
         )
         self._intake = Intake(
             self._outbox,
@@ -247,6 +255,25 @@ class TokenMeter:
         )
         self._state_lock = threading.Lock()
         self._worker: Worker | None = None
+
+    def _bind_guard(self, api_base: str | None) -> None:
+        """Tell the guard (once) where usage is kept and how cost is metered."""
+        bind = _guard_method(self._guard, "bind")
+        if bind is None:
+            return
+        try:
+            bind(
+                GuardBinding(
+                    outbox=self._outbox_path,
+                    cost_event_name=self.cost_event_name,
+                    currency=self.pricing.currency if self.pricing is not None else "usd",
+                    api_key=self._key,
+                    api_base=api_base,
+                    stripe_client=self._client,
+                )
+            )
+        except Exception as exc:
+            self.report_adapter_error("guard", exc)
 
     def _make_transport(self) -> Transport:
         # Imported here: the stripe SDK is ~95 % of importing this package, and the local
@@ -561,12 +588,24 @@ class TokenMeter:
                 "stays on disk and the next meter on this outbox takes it",
                 exc,
             )
+        close_guard = _guard_method(self._guard, "close")
+        if close_guard is not None:
+            try:
+                close_guard()
+            except Exception as exc:
+                self.report_adapter_error("guard", exc)
 
     def __enter__(self) -> TokenMeter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _guard_method(guard: object, name: str) -> Callable[..., Any] | None:
+    """The guard's optional hook `name` (see guard.py), if it has a callable one."""
+    method = getattr(guard, name, None) if guard is not None else None
+    return method if callable(method) else None
 
 
 def _close_at_exit(ref: weakref.ReferenceType[TokenMeter]) -> None:

@@ -64,6 +64,8 @@ class Preparer:
     pricing: Pricing | None = None
     """With prices, one more event per priced call: its cost in micro-units."""
     cost_event_name: str | None = None
+    on_cost: Callable[[str, int], None] | None = None
+    """The guard's `record_cost(customer_id, micros)`, told of each cost event built."""
 
     def __post_init__(self) -> None:
         keys = frozenset({"model", "token_type", self.customer_key, self.value_key})
@@ -181,7 +183,11 @@ class Preparer:
         )
 
     def events_or_reject(self, raw: RawRecord, rejects: list[Reject]) -> list[MeterEvent]:
-        """`prepare`, or [] with the record appended to `rejects` (kept, never dropped)."""
+        """`prepare`, or [] with the record appended to `rejects` (kept, never dropped).
+
+        Runs on the worker: the guard's `record_cost` hears of each cost event here (never
+        for a rejected record, nor for `strict`'s check on the caller).
+        """
         try:
             events = self.prepare(raw)
         except InvalidUsage as exc:
@@ -192,6 +198,22 @@ class Preparer:
                 self.rejected(InvalidUsage("record", f"{type(exc).__name__}: {exc}"), raw)
             )
             return []
+        on_cost = self.on_cost
+        if on_cost is not None and self.cost_event_name:
+            for event in events:
+                if event.event_name == self.cost_event_name:
+                    try:
+                        on_cost(event.customer_id, event.value)
+                    except Exception as exc:  # the guard's failure never costs the record
+                        self.health.count("adapter_errors")
+                        self.health.note_error(
+                            "adapter_error", f"guard: {type(exc).__name__}: {exc}"
+                        )
+                        self.health.error_once(
+                            "adapter:guard.record_cost",
+                            "stripe-token-meter: the guard's record_cost failed",
+                            exc,
+                        )
         return events
 
     def rejected(self, exc: InvalidUsage, raw: RawRecord) -> Reject:

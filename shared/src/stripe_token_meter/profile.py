@@ -107,6 +107,7 @@ def profile_from(settings: dict[str, Any], own: Profile, health: Health) -> Prof
             health=health,
             pricing=pricing,
             cost_event_name=cost_event_name,
+            on_cost=mine.on_cost,  # the guard is the reader's: it spends whoever wrote it
         ),
         api=str(settings.get("api") or own.api),
         local=bool(settings.get("local", own.local)),
