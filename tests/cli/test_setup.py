@@ -167,3 +167,31 @@ def test_setup_cost_event_name_and_checks(cli: Cli, fake_stripe: Any) -> None:
         ("meter", "token-billing-cost", "unchecked"),
         ("price", "stm.token-billing-cost.cost", "unchecked"),
     ]
+
+
+def test_status_lists_models_without_cost_events(
+    cli: Cli, fake_stripe: Any, tmp_path: Path
+) -> None:
+    """After `setup --cost`, `status` names the models a priced meter could not price."""
+    assert cli("setup", "--cost", *_flags(fake_stripe)).code == 0
+    path = tmp_path / "o.db"
+    plain = TokenMeter(api_key=KEY, api_base=fake_stripe.url, outbox_path=path)
+    plain.record(Usage(model="openai/gpt-4o", customer_id="cus_a", request_id="p0",
+                       input_tokens=5))  # fmt: skip
+    assert plain.flush(10)
+    plain.close()
+    before = cli("status", "--json", "--outbox", str(path))
+    assert before.json()["unpriced_models"] is None  # no meter on this outbox had prices
+    pricing = Pricing({"openai/gpt-4o": {"input": "2.50", "output": "10"}})
+    with TokenMeter(
+        api_key=KEY, api_base=fake_stripe.url, outbox_path=path, pricing=pricing
+    ) as meter:
+        for rid, model in (("p1", "openai/gpt-4o"), ("u1", "mistral/large"), ("u2", "openai/o9")):
+            meter.record(Usage(model=model, customer_id="cus_a", request_id=rid, input_tokens=5))
+        assert meter.flush(10)
+        assert meter.stats()["unpriced_models"] == ["mistral/large", "openai/o9"]
+    data = cli("status", "--json", "--outbox", str(path))
+    assert data.code == 0  # a missing price is said, not a delivery problem
+    assert data.json()["unpriced_models"] == ["mistral/large", "openai/o9"]
+    text = cli("status", "--outbox", str(path)).out
+    assert "Unpriced models mistral/large, openai/o9 (token events but no cost event" in text
