@@ -352,3 +352,28 @@ def test_a_taken_over_journal_is_priced_as_its_writer_priced(
     assert guard.costs == [("cus_w", 675)] * 5  # the reader's guard hears of them
     types = sorted(e.payload["token_type"] for e in fake_stripe.events(event_name=TOKENS))
     assert types == ["cached_input"] * 5 + ["input"] * 5 + ["output"] * 5
+
+
+@pytest.mark.usefixtures("cost_meter")
+def test_aggregated_costs_sum_per_window(make_meter: MeterFactory, fake_stripe: Any) -> None:
+    meter = make_meter(pricing=Pricing(PRICES), aggregate_seconds=3600)
+    for i in range(10):
+        meter.record(_gpt(f"a{i}", input_tokens=100, output_tokens=10))  # 350 each
+    meter.record(_gpt("a3", input_tokens=100, output_tokens=10))  # the same call again
+    meter.record(_gpt("b1", customer="cus_b", input_tokens=1))  # 2.5 -> 3
+    assert meter.flush(10)
+    assert _costs(fake_stripe) == [("cus_a", "openai/gpt-4o", 3_500), ("cus_b", "openai/gpt-4o", 3)]
+    assert all(e.identifier.startswith("stmw_") for e in fake_stripe.events(event_name=COST))
+    assert all("token_type" not in e.payload for e in fake_stripe.events(event_name=COST))
+
+
+@pytest.mark.usefixtures("cost_meter")
+def test_strict_checks_on_the_caller_but_tells_the_guard_once(
+    make_meter: MeterFactory, fake_stripe: Any
+) -> None:
+    guard = LedgerGuard()
+    meter = make_meter(pricing=Pricing(PRICES), guard=guard, strict=True)
+    meter.record(_gpt("s1", input_tokens=10, output_tokens=1))  # 25 + 10
+    assert meter.flush(10)
+    assert guard.costs == [("cus_a", 35)]
+    assert _costs(fake_stripe) == [("cus_a", "openai/gpt-4o", 35)]
