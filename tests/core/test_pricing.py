@@ -200,3 +200,20 @@ def test_from_litellm_without_litellm_says_how_to_get_it(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "litellm", None)  # as if not installed
     with pytest.raises(PricingError, match="needs litellm: pip install litellm"):
         Pricing.from_litellm()
+
+
+def test_a_model_without_its_provider_takes_the_one_price_of_that_name() -> None:
+    p = Pricing(
+        {
+            "openai/gpt-4o": {"input": "2.50", "output": "10.00"},
+            "mistral-large": {"input": "2", "output": "6"},
+            "openai/o3": {"input": "2", "output": "8"},
+            "azure/o3": {"input": "3", "output": "9"},
+        },
+        markup_percent=20,
+    )
+    assert p.cost_micros("gpt-4o", input_tokens=1234, output_tokens=567) == 10_506
+    assert p.cost_micros("mistral/mistral-large", input_tokens=1_000_000) == 2_400_000
+    assert p.cost_micros("azure/gpt-4o", input_tokens=1) is None  # not openai's price
+    assert p.cost_micros("o3", input_tokens=1) is None  # two providers: ambiguous
+    assert p.cost_micros("azure/o3", input_tokens=1_000_000) == 3_600_000

@@ -76,7 +76,9 @@ class Pricing:
     or Decimal in the currency's major unit per 1M tokens. Token types: `input`,
     `cached_input`, `cache_write`, `output`, `reasoning`. Each model needs `input` and
     `output`; a missing `cached_input` or `cache_write` costs `input`, a missing
-    `reasoning` costs `output`.
+    `reasoning` costs `output`. A model recorded without its provider (`gpt-4o`) takes
+    the price of the one priced model of that name; `provider/name` takes a price given
+    for the bare `name`; one provider's price never applies to another's model.
 
     With `token_types="basic"` (the meter's default) every prompt token costs `input` and
     every completion token `output`; with `"detailed"` each type has its own price (with
@@ -84,7 +86,7 @@ class Pricing:
     rounded half up once, to whole micro-units (1 USD = 1,000,000).
     """
 
-    __slots__ = ("_given", "_table", "currency", "markup_percent")
+    __slots__ = ("_bare", "_given", "_table", "currency", "markup_percent")
 
     def __init__(
         self,
@@ -139,6 +141,13 @@ class Pricing:
             )
         self._given = given
         self._table = table
+        # A model recorded without its provider ("gpt-4o") takes the price of the one priced
+        # model of that name ("openai/gpt-4o"); two providers' prices make it ambiguous.
+        bare: dict[str, tuple[Decimal, Decimal, Decimal, Decimal, Decimal] | None] = {}
+        for model, row in table.items():
+            name = model.rsplit("/", 1)[-1]
+            bare[name] = None if name in bare else row
+        self._bare = bare
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -147,9 +156,20 @@ class Pricing:
         """The priced models, sorted."""
         return sorted(self._table)
 
+    def _row(self, model: str) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal] | None:
+        """The model's prices: its own; for a model without a provider, the one provider's
+        model of that name; for `provider/name`, a price given for the bare `name`. Never
+        another provider's price."""
+        row = self._table.get(model)
+        if row is not None:
+            return row
+        if "/" not in model:
+            return self._bare.get(model)
+        return self._table.get(model.rsplit("/", 1)[-1])
+
     def price(self, model: str, token_type: str) -> Decimal | None:
         """The price per 1M tokens of `token_type` for `model` (fallbacks applied), or None."""
-        row = self._table.get(model)
+        row = self._row(model)
         if row is None or token_type not in PRICE_TYPES:
             return None
         return row[PRICE_TYPES.index(token_type)]
@@ -171,7 +191,7 @@ class Pricing:
         tokens at `input` and all completion tokens at `output`, as the token events of a
         basic meter count them.
         """
-        row = self._table.get(model)
+        row = self._row(model)
         if row is None:
             return None
         p_in, p_cached, p_write, p_out, p_reason = row
