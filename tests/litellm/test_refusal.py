@@ -155,8 +155,7 @@ def test_router_async_refuses_and_bills(
                 "litellm_params": {"model": MODEL, "api_base": server.base_url, "api_key": "sk"},
             }
         ],
-        num_retries=0,
-    )
+    )  # default retries: a refusal is not retried (402)
 
     async def main() -> None:
         with pytest.raises(CreditExhausted) as err:
@@ -164,6 +163,7 @@ def test_router_async_refuses_and_bills(
                 model="my-gpt", messages=MESSAGES, metadata={"stripe_customer_id": BROKE}
             )
         assert err.value.customer_id == BROKE
+        assert getattr(err.value, "status_code", None) == 402
         await router.acompletion(
             model="my-gpt", messages=MESSAGES, metadata={"stripe_customer_id": RICH}
         )

@@ -219,8 +219,9 @@ class StripeLogger(CustomLogger):
     billed (LiteLLM cancels its own queued async callbacks then).
     """
 
-    def __new__(cls, meter: TokenMeter, *args: Any, **kwargs: Any) -> StripeLogger:
+    def __new__(cls, meter: Any = None, *args: Any, **kwargs: Any) -> StripeLogger:
         # A guarded meter gets the subclass with the pre-call hooks (see `_GuardedStripeLogger`).
+        # `meter` is optional here only so copy/pickle (`cls.__new__(cls)`) keep working.
         if cls is StripeLogger and isinstance(meter, TokenMeter) and has_guard(meter):
             cls = _GuardedStripeLogger
         return super().__new__(cls)
@@ -550,7 +551,11 @@ class _GuardedStripeLogger(StripeLogger):
                 self._holds.put(cid, hold if hold is not None else _NO_HOLD)
             elif hold is not None:
                 _release(hold)  # no id to release it by: never leak it
-        except CreditExhausted:
+        except CreditExhausted as exc:
+            # An HTTP-like status: the Router does not retry a 4xx (it retried a plain
+            # exception twice, with back-off, asking the guard each time), and the proxy
+            # answers with it should a refusal come from here rather than its pre-call hook.
+            exc.status_code = 402  # type: ignore[attr-defined]
             raise
         except Exception as exc:
             self._failed("async_pre_call_deployment_hook", exc)
