@@ -209,3 +209,32 @@ def test_no_guard_is_unchanged_and_uninstrument_detaches(
     assert llm.callback_manager.handlers == handlers_before
     llm.chat(MSGS)  # no longer guarded
     assert len(srv.requests) == 2
+
+
+def test_query_engine_and_agent_are_refused_before_the_llm_call(
+    srv: OpenAIServer, make_meter: Callable[..., Any], fake_stripe: Any, guard: Budget
+) -> None:
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.agent.workflow import ReActAgent
+    from llama_index.core.embeddings import MockEmbedding
+
+    meter = make_meter(guard=guard, default_customer_id=BROKE)
+    instrument(meter)
+    index = VectorStoreIndex.from_documents(
+        [Document(text="Stripe meters aggregate usage events per customer.")],
+        embed_model=MockEmbedding(embed_dim=8),
+    )
+    with pytest.raises(CreditExhausted) as err:
+        index.as_query_engine(llm=_llm(srv)).query("What do meters do?")
+    assert err.value.customer_id == BROKE
+
+    async def run_agent() -> None:
+        agent = ReActAgent(tools=[], llm=_llm(srv))
+        await agent.run("hi")
+
+    with pytest.raises(CreditExhausted):
+        asyncio.run(run_agent())
+    assert srv.requests == []
+    assert guard.asked == [(BROKE, MODEL)] * 2
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == []
