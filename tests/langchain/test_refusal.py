@@ -237,3 +237,23 @@ def test_langgraph_agent_refused_before_the_model_call(
     assert len(server.requests) == 1
     assert meter.flush(5)
     assert event_tuples(fake_stripe) == sorted(_billed(RICH))
+
+
+def test_global_handler_refuses(
+    make_meter: MeterFactory, fake_stripe: Any, server: OpenAIServer, guard: Budget
+) -> None:
+    import langchain_stripe
+
+    meter = make_meter(guard=guard)
+    langchain_stripe.enable(meter)
+    try:
+        with meter.customer(BROKE), pytest.raises(CreditExhausted):
+            _model(server).invoke("hi")
+        with meter.customer(RICH):
+            _model(server).invoke("hi")
+    finally:
+        langchain_stripe.disable()
+    assert len(server.requests) == 1
+    assert guard.asked == [(BROKE, MODEL), (RICH, MODEL)] and guard.released == 1
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == sorted(_billed(RICH))
