@@ -63,6 +63,11 @@ class StripeCallbackHandler(BaseCallbackHandler):
     run started, then this handler's `customer_id`, then the meter's default.
     Extra dimensions: `dimensions` merged with `config["metadata"]["stripe_dimensions"]`.
     Provider of the `model` dimension: see `_usage.billing_provider` (never a class name).
+
+    With `TokenMeter(guard=...)` the start callback asks `meter.before_call()` for that
+    customer and a refused call raises `CreditExhausted` into the caller before the
+    provider is called (the handler sets `raise_error`; every other error stays
+    contained). The run's hold is released when it ends, fails or is cancelled.
     """
 
     run_inline = True

@@ -217,6 +217,11 @@ class StripeLogger(CustomLogger):
     `thread_fallback` (default on) also takes async calls' success from LiteLLM's
     logging thread pool, so calls made right before `asyncio.run()` returns are still
     billed (LiteLLM cancels its own queued async callbacks then).
+
+    With `TokenMeter(guard=...)` async calls (`acompletion`, `aembedding`, the Router's)
+    whose customer has no credit raise `CreditExhausted` before the HTTP request, and the
+    proxy answers them with HTTP 402. LiteLLM has no hook that can stop a sync
+    `completion()`: check `meter.before_call()` yourself there (see the module doc).
     """
 
     def __new__(cls, meter: Any = None, *args: Any, **kwargs: Any) -> StripeLogger:
