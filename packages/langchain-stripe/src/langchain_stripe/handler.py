@@ -15,7 +15,9 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
-from stripe_token_meter import InvalidUsage, TokenMeter, current_customer
+from stripe_token_meter import CreditExhausted, InvalidUsage, TokenMeter, current_customer
+from stripe_token_meter.dimensions import normalize_model
+from stripe_token_meter.guard import Hold
 from stripe_token_meter.usage import check_customer, check_dimensions
 
 from ._usage import (
@@ -61,6 +63,11 @@ class StripeCallbackHandler(BaseCallbackHandler):
     run started, then this handler's `customer_id`, then the meter's default.
     Extra dimensions: `dimensions` merged with `config["metadata"]["stripe_dimensions"]`.
     Provider of the `model` dimension: see `_usage.billing_provider` (never a class name).
+
+    With `TokenMeter(guard=...)` the start callback asks `meter.before_call()` for that
+    customer and a refused call raises `CreditExhausted` into the caller before the
+    provider is called (the handler sets `raise_error`; every other error stays
+    contained). The run's hold is released when it ends, fails or is cancelled.
     """
 
     run_inline = True
@@ -83,10 +90,13 @@ class StripeCallbackHandler(BaseCallbackHandler):
         self.customer_id = check_customer("customer_id", customer_id) if customer_id else None
         self.dimensions: dict[str, str] = check_dimensions(dimensions)
         self.customer_resolver = customer_resolver
-        # LangChain re-raises handler errors only for raise_error handlers: that is the
-        # meter's strict mode, where invalid usage must reach the caller.
-        self.raise_error = meter.strict
+        # LangChain re-raises handler errors only for raise_error handlers: the meter's
+        # strict mode (invalid usage must reach the caller) and a guarded meter
+        # (`CreditExhausted` must stop the call). Every other error is contained here.
+        self._guarded = has_guard(meter)
+        self.raise_error = meter.strict or self._guarded
         self._runs: dict[UUID, _Run] = {}
+        self._holds: dict[UUID, Hold] = {}
 
     # Chains, tools, agents and retrievers never carry tokens: skip their events entirely.
     @property
@@ -113,6 +123,11 @@ class StripeCallbackHandler(BaseCallbackHandler):
     def open_runs(self) -> int:
         """LLM runs started and not yet ended (0 when idle)."""
         return len(self._runs)
+
+    @property
+    def open_holds(self) -> int:
+        """Guard reservations of runs not yet ended (0 when idle)."""
+        return len(self._holds)
 
     # -- start: note the run --------------------------------------------------------------
 
@@ -169,8 +184,39 @@ class StripeCallbackHandler(BaseCallbackHandler):
                 with suppress(KeyError, RuntimeError, StopIteration):
                     del runs[next(iter(runs))]  # the oldest
             runs[run_id] = (customer, model, provider, dims, kwargs.get("batch_size") or 1)
+            if self._guarded:
+                self._reserve(run_id, customer, model, provider)
+        except CreditExhausted:
+            # raise_error is set: LangChain re-raises it as is, before the provider call.
+            self._runs.pop(run_id, None)
+            raise
         except Exception as exc:
             self._failed(exc)
+
+    def _reserve(
+        self, run_id: UUID, customer: Any, model: Any, provider: tuple[Any, Any, Any]
+    ) -> None:
+        """Ask the meter's guard before the provider is called; keep the run's hold."""
+        who = customer if isinstance(customer, str) and customer else self.customer_id
+        asked = None
+        if isinstance(model, str) and model:
+            try:
+                asked = normalize_model(noted_provider(*provider), model)
+            except Exception:
+                asked = model
+        hold = self.meter.before_call(who, model=asked)
+        if hold is not None:
+            holds = self._holds
+            if len(holds) >= MAX_OPEN_RUNS:
+                with suppress(KeyError, RuntimeError, StopIteration):
+                    _release(holds.pop(next(iter(holds))))  # the oldest: its end was lost
+            holds[run_id] = hold
+
+    def _release(self, run_id: UUID) -> None:
+        if self._holds:
+            hold = self._holds.pop(run_id, None)
+            if hold is not None:
+                _release(hold)
 
     def _resolve(self, resolver: CustomerResolver, meta: Mapping[str, Any]) -> Any:
         """The app's resolver; if it fails the run still bills (scope, handler, default)."""
@@ -183,6 +229,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
     # -- end: one record per run -----------------------------------------------------------
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self._release(run_id)
         # A run whose start was not seen (or was evicted) bills with the handler's defaults.
         run = self._runs.pop(run_id, None) or (None, None, None, self.dimensions, 1)
         try:
@@ -227,6 +274,8 @@ class StripeCallbackHandler(BaseCallbackHandler):
             self._failed(exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        # Also a cancelled run or an abandoned stream (LangChain reports BaseException).
+        self._release(run_id)
         run = self._runs.pop(run_id, None) or (None, None, None, self.dimensions, 1)
         try:
             # Failed calls are billed only for usage the provider did report (a partial
@@ -263,6 +312,18 @@ class StripeCallbackHandler(BaseCallbackHandler):
         if isinstance(exc, InvalidUsage) and self.meter.strict:
             raise exc
         self.meter.report_adapter_error(SOURCE, exc)
+
+
+def has_guard(meter: TokenMeter) -> bool:
+    """Whether `meter` was built with a guard; without one the start handler stays as cheap as before."""
+    # TODO(core): use a public `TokenMeter.guarded` once the core has it.
+    return getattr(meter, "_guard", None) is not None
+
+
+def _release(hold: Hold) -> None:
+    """`Hold.release()` never raises by contract; a broken guard must not break the run."""
+    with suppress(Exception):
+        hold.release()
 
 
 def _arguments(

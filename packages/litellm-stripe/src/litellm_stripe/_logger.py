@@ -16,6 +16,15 @@ So a `meter.customer()` scope is captured in `log_pre_api_call`, keyed by
 `litellm_call_id`, and used at success; the map is bounded and entries are dropped when
 the call succeeds or fails.
 
+Refusing a call (a meter with a guard): `log_pre_api_call` cannot refuse, LiteLLM swallows
+its exceptions (`Logging.pre_call`, `except Exception`). `async_pre_call_deployment_hook`
+can: `utils.client`'s `wrapper_async` awaits it for every async call (`acompletion`,
+`aembedding`, `atext_completion`, the Router's async calls) after the deployment is
+picked and before the cache and the HTTP request, and lets its exceptions through as
+they are. LiteLLM runs no such hook for the *sync* `completion()` (nor the Router's sync
+calls), so those cannot be refused from a callback. The proxy asks
+`async_pre_call_hook` first, where a refusal becomes an HTTP 402 answer.
+
 LiteLLM also *loses* async success callbacks when the host's loop ends right after the
 call: `asyncio.run()` cancels its tasks, and with them the task that enqueues the callback
 (`utils.py`, `_schedule_async_success_logging` -> `spawn_logging_task`) and callbacks the
@@ -43,7 +52,9 @@ from typing import Any, Final
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
-from stripe_token_meter import TokenMeter, current_customer
+from stripe_token_meter import CreditExhausted, TokenMeter, current_customer
+from stripe_token_meter.dimensions import normalize_model
+from stripe_token_meter.guard import Hold
 from stripe_token_meter.usage import check_customer, check_dimensions
 
 from . import _extract as ex
@@ -127,6 +138,62 @@ class _BoundedMap:
         return len(self._items)
 
 
+class _NoHold:
+    """Marks a call already asked about whose guard returned no hold."""
+
+    def release(self) -> None:
+        pass
+
+
+_NO_HOLD: Final = _NoHold()
+
+
+class _Holds:
+    """Calls in flight: call id -> the guard's hold; the oldest released past `maxlen`.
+
+    Bounded so a call whose end LiteLLM never reports (an abandoned stream) cannot keep
+    its reservation for good.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        self._items: OrderedDict[str, Hold] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = maxlen
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def put(self, key: str, hold: Hold) -> None:
+        with self._lock:
+            self._items[key] = hold
+            evicted = self._items.popitem(last=False)[1] if len(self._items) > self._max else None
+        if evicted is not None:
+            _release(evicted)
+
+    def release(self, key: str | None) -> None:
+        if key is None or key not in self._items:
+            return
+        with self._lock:
+            hold = self._items.pop(key, None)
+        if hold is not None:
+            _release(hold)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _release(hold: Hold) -> None:
+    """`Hold.release()` never raises by contract; a broken guard must not break the call."""
+    with contextlib.suppress(Exception):
+        hold.release()
+
+
+def has_guard(meter: TokenMeter) -> bool:
+    """Whether `meter` was built with a guard; without one the hooks return at once."""
+    # TODO(core): use a public `TokenMeter.guarded` once the core has it.
+    return getattr(meter, "_guard", None) is not None
+
+
 class StripeLogger(CustomLogger):
     """Bills every successful LiteLLM call's tokens to a Stripe customer through `meter`.
 
@@ -150,7 +217,19 @@ class StripeLogger(CustomLogger):
     `thread_fallback` (default on) also takes async calls' success from LiteLLM's
     logging thread pool, so calls made right before `asyncio.run()` returns are still
     billed (LiteLLM cancels its own queued async callbacks then).
+
+    With `TokenMeter(guard=...)` async calls (`acompletion`, `aembedding`, the Router's)
+    whose customer has no credit raise `CreditExhausted` before the HTTP request, and the
+    proxy answers them with HTTP 402. LiteLLM has no hook that can stop a sync
+    `completion()`: check `meter.before_call()` yourself there (see the module doc).
     """
+
+    def __new__(cls, meter: Any = None, *args: Any, **kwargs: Any) -> StripeLogger:
+        # A guarded meter gets the subclass with the pre-call hooks (see `_GuardedStripeLogger`).
+        # `meter` is optional here only so copy/pickle (`cls.__new__(cls)`) keep working.
+        if cls is StripeLogger and isinstance(meter, TokenMeter) and has_guard(meter):
+            cls = _GuardedStripeLogger
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -195,6 +274,8 @@ class StripeLogger(CustomLogger):
         self._thread_path_added = False
         self._billed = _CallLog(max_tracked)
         self._calls = _BoundedMap(max_tracked)
+        self._guarded = has_guard(meter)
+        self._holds = _Holds(max_tracked)
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -220,11 +301,13 @@ class StripeLogger(CustomLogger):
         `cache_hits`: cache hits not billed; `failures`: failed calls (not billed);
         `skipped`: call types that are not billed (reads of stored objects); `no_usage`:
         calls without token usage; `in_flight`: calls started (seen by `log_pre_api_call`)
-        that LiteLLM has not reported yet.
+        that LiteLLM has not reported yet; `holds`: guard reservations of calls not ended
+        yet (a meter with a guard).
         """
         with self._counts_lock:
             out = dict(self._counts)
         out["in_flight"] = len(self._calls)
+        out["holds"] = len(self._holds)
         return out
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -303,7 +386,10 @@ class StripeLogger(CustomLogger):
         try:
             self._count("failures")
             if isinstance(kwargs, Mapping):
-                self._calls.pop(ex.call_id(kwargs))
+                cid = ex.call_id(kwargs)
+                self._calls.pop(cid)
+                if self._guarded:
+                    self._holds.release(cid)
         except Exception as exc:
             self._failed("log_failure_event", exc)
 
@@ -315,7 +401,10 @@ class StripeLogger(CustomLogger):
         finally:
             if isinstance(kwargs, Mapping):
                 with contextlib.suppress(Exception):
-                    self._calls.pop(ex.call_id(kwargs))
+                    cid = ex.call_id(kwargs)
+                    self._calls.pop(cid)
+                    if self._guarded:
+                        self._holds.release(cid)
 
     def _record(self, kwargs: Any, response_obj: Any, end_time: Any) -> None:
         if not isinstance(kwargs, Mapping):
@@ -433,6 +522,108 @@ class StripeLogger(CustomLogger):
         return (
             f"StripeLogger(event_name={self.meter.event_name!r}, customer_id={self.customer_id!r})"
         )
+
+
+class _GuardedStripeLogger(StripeLogger):
+    """A `StripeLogger` whose meter has a guard: it also asks the guard before each call.
+
+    A class of its own so an unguarded logger does not override LiteLLM's pre-call hooks:
+    LiteLLM then keeps its usual path (it checks for overridden hooks per class), and the
+    proxy does not call a hook that has nothing to do.
+    """
+
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """Before an async call's HTTP request: refuse it (`CreditExhausted`) when its
+        customer has no credit left. Runs only for a meter with a guard; modifies nothing."""
+        try:
+            ctype = getattr(call_type, "value", call_type)
+            if ctype is not None and ctype not in self.call_types:
+                return None
+            cid = ex.call_id(kwargs)
+            if cid is not None and cid in self._holds:
+                return None  # asked already (the proxy's pre-call hook, or a retry)
+            view = _request_view(kwargs)
+            metadata = ex.call_metadata(view)
+            customer = self._customer(view, {}, metadata, None)
+            model = kwargs.get("model")
+            asked = None
+            if isinstance(model, str) and model:
+                asked = normalize_model(ex.provider(kwargs, {}), model)
+            hold = self.meter.before_call(_text(customer) or self.customer_id, model=asked)
+            if cid is not None:
+                self._holds.put(cid, hold if hold is not None else _NO_HOLD)
+            elif hold is not None:
+                _release(hold)  # no id to release it by: never leak it
+        except CreditExhausted as exc:
+            # An HTTP-like status: the Router does not retry a 4xx (it retried a plain
+            # exception twice, with back-off, asking the guard each time), and the proxy
+            # answers with it should a refusal come from here rather than its pre-call hook.
+            exc.status_code = 402  # type: ignore[attr-defined]
+            raise
+        except Exception as exc:
+            self._failed("async_pre_call_deployment_hook", exc)
+        return None
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """The LiteLLM proxy, before routing: a refused call is answered with HTTP 402 and
+        the reason (customer id, "no credit"); the provider is never called."""
+        try:
+            if call_type is not None and call_type not in self.call_types:
+                return None
+            view = _request_view(data)
+            metadata = ex.call_metadata(view)
+            for name, attr in (
+                ("user_api_key_metadata", "metadata"),
+                ("user_api_key_team_metadata", "team_metadata"),
+            ):
+                if not isinstance(metadata.get(name), Mapping):
+                    value = getattr(user_api_key_dict, attr, None)
+                    if isinstance(value, Mapping):
+                        metadata[name] = value
+            view["litellm_params"] = {"metadata": metadata}
+            customer = self._customer(view, {}, metadata, None)
+            # The request's model is the proxy's alias, not the deployment's: not passed.
+            hold = self.meter.before_call(_text(customer) or self.customer_id)
+            cid = ex.call_id(data)
+            if cid is not None:
+                self._holds.put(cid, hold if hold is not None else _NO_HOLD)
+            elif hold is not None:
+                _release(hold)
+        except CreditExhausted as exc:
+            raise _payment_required(exc) from None
+        except Exception as exc:
+            self._failed("async_pre_call_hook", exc)
+        return None
+
+
+def _request_view(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's kwargs (before LiteLLM built `model_call_details`) in the shape the
+    success path reads: metadata under `litellm_params`, so the customer resolves alike."""
+    return {
+        "litellm_params": {
+            "metadata": data.get("metadata"),
+            "litellm_metadata": data.get("litellm_metadata"),
+        },
+        "litellm_call_id": data.get("litellm_call_id"),
+        "user": data.get("user"),
+    }
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _payment_required(exc: CreditExhausted) -> Exception:
+    """The proxy turns an `HTTPException` into that status and an OpenAI-style error body."""
+    try:
+        from fastapi import HTTPException
+    except ImportError:  # not running in the proxy
+        return exc
+    return HTTPException(status_code=402, detail=str(exc))
 
 
 class _ThreadPath(CustomLogger):

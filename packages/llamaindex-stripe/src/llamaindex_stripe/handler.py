@@ -21,6 +21,18 @@ LLM call is billed:
   there) get the consumer's span as parent, not the stream's: they are recognised by
   the stream's generator frame being on the calling stack.
 
+Refusing a call (a meter with a guard): the instrumentation dispatcher swallows every
+exception its event and span handlers raise (`Dispatcher.event`, `span_enter`: `except
+BaseException: pass`), so none of them can stop a call. The LLM's legacy
+`CallbackManager` does not: `llm_chat_callback` / `llm_completion_callback` call its
+handlers' `on_event_start(CBEventType.LLM)` right after dispatching the Start event and
+before calling the provider, and let their exceptions through as they are. So the span
+handler adds a `_GuardCallback` to the `callback_manager` of each LLM whose span it sees
+enter (before the LLM's method runs); that callback asks `meter.before_call()` for the
+outermost LLM call only (the tracker knows the call's customer from its Start event) and
+raises `CreditExhausted` into the caller. Its hold is released by `on_event_end`, which
+LlamaIndex sends when the call returns, fails, or its stream ends or is closed.
+
 Handlers run on the caller's thread and LlamaIndex's dispatcher swallows whatever they
 raise, so every handler method catches its own errors and reports them to the meter
 (`stats()["adapter_errors"]`, logged once). With `TokenMeter(strict=True)` the error is
@@ -37,11 +49,14 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Mapping
+from contextlib import suppress
 from itertools import islice
 from types import AsyncGeneratorType, FrameType, GeneratorType, MappingProxyType
 from typing import Any, Final
 
 from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.callbacks.schema import CBEventType
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.exception import ExceptionEvent
@@ -53,10 +68,12 @@ from llama_index.core.instrumentation.events.llm import (
     LLMCompletionInProgressEvent,
     LLMCompletionStartEvent,
 )
-from llama_index.core.instrumentation.span import BaseSpan
+from llama_index.core.instrumentation.span import BaseSpan, active_span_id
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import ConfigDict, Field, PrivateAttr
-from stripe_token_meter import TokenMeter, current_customer
+from stripe_token_meter import CreditExhausted, TokenMeter, current_customer
+from stripe_token_meter.dimensions import normalize_model
+from stripe_token_meter.guard import Hold
 from stripe_token_meter.provider_usage import Counts
 from stripe_token_meter.provider_usage import UsageReport as Found
 from stripe_token_meter.usage import check_customer, check_dimensions
@@ -262,6 +279,8 @@ class _Tracker:
         # whose ExceptionEvent then reaches this handler on the same thread.
         self.lock = threading.RLock()
         self._warned = False
+        # A guarded meter: the callback each seen LLM's CallbackManager gets (module doc).
+        self.guard: _GuardCallback | None = _GuardCallback(self) if has_guard(meter) else None
 
     # -- spans ------------------------------------------------------------------------------
 
@@ -273,9 +292,11 @@ class _Tracker:
             anchor = None
             if parent is not None:
                 anchor = parent if parent.depth > 0 else parent.parent
-            self.spans[span_id] = _Span(span_id, anchor, instance)
+            st = self.spans[span_id] = _Span(span_id, anchor, instance)
             if len(self.spans) > MAX_TRACKED_SPANS:
                 self._evict()
+        if self.guard is not None and st.instance is not None:
+            self.guard.attach(st.instance)
 
     def exit(self, span_id: str, result: Any) -> None:
         with self.lock:
@@ -318,6 +339,8 @@ class _Tracker:
             self.spans.clear()
             self.streams.clear()
             self.dead.clear()
+        if self.guard is not None:
+            self.guard.detach()
 
     # -- events -----------------------------------------------------------------------------
 
@@ -577,6 +600,127 @@ class _Tracker:
         )
 
 
+def has_guard(meter: TokenMeter) -> bool:
+    """Whether `meter` was built with a guard; without one nothing is attached to LLMs."""
+    # TODO(core): use a public `TokenMeter.guarded` once the core has it.
+    return getattr(meter, "_guard", None) is not None
+
+
+_NOT_LLM: Final[list[CBEventType]] = [t for t in CBEventType if t is not CBEventType.LLM]
+
+
+class _GuardCallback(BaseCallbackHandler):
+    """Asks the meter's guard at each outermost LLM call's start; raises `CreditExhausted`.
+
+    A legacy LlamaIndex callback because the LLM's `CallbackManager` is the one place
+    before the provider call whose handler errors reach the caller (module doc).
+    """
+
+    def __init__(self, tracker: _Tracker) -> None:
+        super().__init__(event_starts_to_ignore=_NOT_LLM, event_ends_to_ignore=_NOT_LLM)
+        self._tracker = tracker
+        self._holds: dict[str, Hold] = {}
+        self._managers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    @property
+    def open_holds(self) -> int:
+        return len(self._holds)
+
+    def attach(self, llm: Any) -> None:
+        """Add this callback to `llm`'s CallbackManager once (several LLMs may share one)."""
+        manager = getattr(llm, "callback_manager", None)
+        handlers = getattr(manager, "handlers", None)
+        if manager is None or not isinstance(handlers, list) or manager in self._managers:
+            return
+        with self._lock:
+            if not any(h is self for h in handlers):
+                handlers.append(self)
+            self._managers.add(manager)
+
+    def detach(self) -> None:
+        """Remove this callback from every CallbackManager it was added to; release holds."""
+        with self._lock:
+            managers = list(self._managers)
+            self._managers = weakref.WeakSet()
+            holds = list(self._holds.values())
+            self._holds.clear()
+        for manager in managers:
+            with suppress(Exception):
+                manager.handlers = [h for h in manager.handlers if h is not self]
+        for hold in holds:
+            _release(hold)
+
+    def on_event_start(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        parent_id: str = "",
+        **kwargs: Any,
+    ) -> str:
+        if event_type is not CBEventType.LLM:
+            return event_id
+        tracker = self._tracker
+        try:
+            span_id = active_span_id.get()
+            st = tracker.spans.get(span_id) if span_id else None
+            if st is None or st.depth != 1 or tracker._active_ancestor(st) is not None:
+                return event_id  # not an outermost call: its outer call was asked
+            customer = st.tags.get(CUSTOMER_KEY) if st.tags else None
+            who = customer if isinstance(customer, str) and customer else None
+            model = None
+            named = st.model_name
+            if named:
+                cls = type(st.instance) if st.instance is not None else None
+                name, provider = model_and_provider(None, named, cls, st.class_name)
+                model = normalize_model(provider, name)
+            hold = tracker.meter.before_call(who or st.scope or tracker.customer_id, model=model)
+            if hold is not None:
+                self._keep(event_id, hold)
+        except CreditExhausted:
+            raise  # the CallbackManager lets it through: the provider is not called
+        except Exception as exc:
+            _guard(tracker, exc)
+        return event_id
+
+    def on_event_end(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        **kwargs: Any,
+    ) -> None:
+        if self._holds:
+            hold = self._holds.pop(event_id, None)
+            if hold is not None:
+                _release(hold)
+
+    def start_trace(self, trace_id: str | None = None) -> None:
+        pass
+
+    def end_trace(
+        self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None
+    ) -> None:
+        pass
+
+    def _keep(self, event_id: str, hold: Hold) -> None:
+        with self._lock:
+            holds = self._holds
+            evicted = None
+            if len(holds) >= MAX_TRACKED_SPANS:  # ends lost (a stream never finished)
+                evicted = holds.pop(next(iter(holds)))
+            holds[event_id] = hold
+        if evicted is not None:
+            _release(evicted)
+
+
+def _release(hold: Hold) -> None:
+    """`Hold.release()` never raises by contract; a broken guard must not break the call."""
+    with suppress(Exception):
+        hold.release()
+
+
 def _guard(tracker: _Tracker, exc: Exception) -> None:
     """A handler failure: counted and logged once; re-raised in strict mode."""
     tracker.meter.report_adapter_error(SOURCE, exc)
@@ -718,6 +862,12 @@ class StripeEventHandler(BaseEventHandler):
     def dispatcher(self) -> Any:
         """The dispatcher `instrument()` added this handler to (None if added by hand)."""
         return self._dispatcher
+
+    @property
+    def open_holds(self) -> int:
+        """Guard reservations of LLM calls not ended yet (0 when idle or without a guard)."""
+        guard: _GuardCallback | None = self._tracker.guard
+        return 0 if guard is None else guard.open_holds
 
     @property
     def tracked_spans(self) -> int:

@@ -1,0 +1,355 @@
+"""A guarded meter refuses LiteLLM calls before the HTTP request: async SDK, Router, proxy.
+
+The real OpenAI provider path of LiteLLM talks to a local OpenAI-compatible server, so
+its request count is what the provider saw. The guard is a small real ledger (a dict of
+remaining budget). LiteLLM has no hook that can refuse a *sync* `completion()`; the last
+test pins that, so a LiteLLM that adds one is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import litellm
+import pytest
+from litellm_stripe import StripeLogger
+from litellm_testkit import MESSAGES, drain_litellm, wait_stat, wait_until
+from stripe_token_meter import CreditExhausted
+from support.events import event_tuples
+from support.providers import OpenAIServer
+
+RICH, BROKE = "cus_rich", "cus_broke"
+MODEL = "openai/gpt-4o"
+
+
+class Budget:
+    """A guard over a dict of remaining budget: refuses a customer at or below zero."""
+
+    def __init__(self, remaining: dict[str, Decimal]) -> None:
+        self.remaining = remaining
+        self.asked: list[tuple[str, str | None]] = []
+        self.released = 0
+
+    def reserve(self, customer_id: str, model: str | None) -> Budget.Slot:
+        self.asked.append((customer_id, model))
+        left = self.remaining.get(customer_id, Decimal(0))
+        if left <= 0:
+            raise CreditExhausted(customer_id, left, "usd")
+        return Budget.Slot(self)
+
+    class Slot:
+        def __init__(self, owner: Budget) -> None:
+            self.owner = owner
+
+        def release(self) -> None:
+            self.owner.released += 1
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer(model="gpt-4o-2024-08-06", prompt_tokens=100, completion_tokens=20) as srv:
+        yield srv
+
+
+@pytest.fixture
+def guard() -> Budget:
+    return Budget({RICH: Decimal("5"), BROKE: Decimal("0")})
+
+
+def _kw(srv: OpenAIServer, customer: str | None, **extra: Any) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        model=MODEL, messages=MESSAGES, api_base=srv.base_url, api_key="sk-x", **extra
+    )
+    if customer is not None:
+        kw["metadata"] = {"stripe_customer_id": customer}
+    return kw
+
+
+def _billed(customer: str, n: int = 1) -> list[tuple[str, str, str, int]]:
+    return sorted([(customer, MODEL, "input", 100), (customer, MODEL, "output", 20)] * n)
+
+
+def test_refused_acompletion_and_stream_make_no_request(
+    stripe_logger: Any, fake_stripe: Any, server: OpenAIServer, guard: Budget
+) -> None:
+    meter, logger = stripe_logger(guard=guard)
+
+    async def main() -> None:
+        with pytest.raises(CreditExhausted) as err:
+            await litellm.acompletion(**_kw(server, BROKE))
+        assert err.value.customer_id == BROKE
+        with pytest.raises(CreditExhausted):
+            await litellm.acompletion(**_kw(server, BROKE, stream=True))
+        with meter.customer(BROKE), pytest.raises(CreditExhausted):  # a scope, no metadata
+            await litellm.acompletion(**_kw(server, None))
+        await drain_litellm()
+
+    asyncio.run(main())
+    assert server.requests == []
+    assert guard.asked == [(BROKE, MODEL)] * 3
+    assert logger.stats()["holds"] == 0 and logger.stats()["recorded"] == 0
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == []
+
+
+def test_allowed_calls_bill_and_release_holds(
+    stripe_logger: Any, fake_stripe: Any, server: OpenAIServer, guard: Budget
+) -> None:
+    meter, logger = stripe_logger(guard=guard, logger={"customer_id": RICH})
+
+    async def main() -> None:
+        await litellm.acompletion(**_kw(server, None))  # the logger's customer
+        stream = await litellm.acompletion(
+            **_kw(server, RICH, stream=True, stream_options={"include_usage": True})
+        )
+        async for _ in stream:
+            pass
+        await drain_litellm()
+
+    asyncio.run(main())
+    wait_stat(logger, "recorded", 2)
+    wait_until(lambda: guard.released == 2, what="holds released")
+    assert len(server.requests) == 2
+    assert guard.asked == [(RICH, MODEL)] * 2
+    assert logger.stats()["holds"] == 0
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _billed(RICH, 2)
+
+
+def test_hold_released_when_the_provider_fails(
+    stripe_logger: Any, fake_stripe: Any, server: OpenAIServer, guard: Budget
+) -> None:
+    meter, logger = stripe_logger(guard=guard)
+    server.fail_next = 1
+
+    async def main() -> None:
+        with pytest.raises(litellm.InternalServerError):
+            await litellm.acompletion(**_kw(server, RICH, max_retries=0))
+        await drain_litellm()
+
+    asyncio.run(main())
+    wait_until(lambda: guard.released == 1, what="hold released")
+    assert len(server.requests) == 1
+    assert logger.stats()["holds"] == 0
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == []
+
+
+def test_router_async_refuses_and_bills(
+    stripe_logger: Any, fake_stripe: Any, server: OpenAIServer, guard: Budget
+) -> None:
+    meter, logger = stripe_logger(guard=guard)
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "my-gpt",
+                "litellm_params": {"model": MODEL, "api_base": server.base_url, "api_key": "sk"},
+            }
+        ],
+    )  # default retries: a refusal is not retried (402)
+
+    async def main() -> None:
+        with pytest.raises(CreditExhausted) as err:
+            await router.acompletion(
+                model="my-gpt", messages=MESSAGES, metadata={"stripe_customer_id": BROKE}
+            )
+        assert err.value.customer_id == BROKE
+        assert getattr(err.value, "status_code", None) == 402
+        await router.acompletion(
+            model="my-gpt", messages=MESSAGES, metadata={"stripe_customer_id": RICH}
+        )
+        await drain_litellm()
+
+    asyncio.run(main())
+    wait_stat(logger, "recorded", 1)
+    wait_until(lambda: guard.released == 1, what="hold released")
+    assert len(server.requests) == 1
+    assert guard.asked == [(BROKE, MODEL), (RICH, MODEL)]
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _billed(RICH)
+
+
+def test_other_guard_errors_are_contained(
+    stripe_logger: Any, fake_stripe: Any, server: OpenAIServer
+) -> None:
+    class Broken:
+        def reserve(self, customer_id: str, model: str | None) -> None:
+            raise RuntimeError("ledger down")
+
+    meter, logger = stripe_logger(guard=Broken())
+
+    async def main() -> None:
+        await litellm.acompletion(**_kw(server, RICH))
+        await drain_litellm()
+
+    asyncio.run(main())
+    wait_stat(logger, "recorded", 1)
+    assert len(server.requests) == 1
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _billed(RICH)
+    assert meter.stats()["adapter_errors"] == 1
+
+
+def test_no_guard_is_unchanged(stripe_logger: Any, fake_stripe: Any, server: OpenAIServer) -> None:
+    meter, logger = stripe_logger()
+    assert type(logger) is StripeLogger  # no pre-call hook overridden: LiteLLM's usual path
+
+    async def main() -> None:
+        await litellm.acompletion(**_kw(server, BROKE))
+        await drain_litellm()
+
+    asyncio.run(main())
+    wait_stat(logger, "recorded", 1)
+    assert logger.stats()["holds"] == 0
+    assert meter.flush(5)
+    assert event_tuples(fake_stripe) == _billed(BROKE)
+
+
+def test_lost_ends_cannot_leak_holds(stripe_logger: Any, guard: Budget) -> None:
+    _meter, logger = stripe_logger(guard=guard, logger={"max_tracked": 2})
+
+    async def main() -> None:
+        for n in range(4):  # reserved, never answered
+            await logger.async_pre_call_deployment_hook(
+                {
+                    "model": MODEL,
+                    "litellm_call_id": f"c{n}",
+                    "metadata": {"stripe_customer_id": RICH},
+                },
+                "acompletion",
+            )
+
+    asyncio.run(main())
+    assert logger.stats()["holds"] == 2
+    assert guard.released == 2
+
+
+def test_sync_completion_cannot_be_refused_by_a_callback(
+    stripe_logger: Any, server: OpenAIServer, guard: Budget
+) -> None:
+    # LiteLLM 1.110 runs no refusing hook for sync calls (log_pre_api_call's errors are
+    # swallowed): the call is made. Documented; apps check `meter.before_call()` themselves.
+    stripe_logger(guard=guard)
+    litellm.completion(**_kw(server, BROKE))
+    assert len(server.requests) == 1
+    assert guard.asked == []
+
+
+# -- the real proxy ---------------------------------------------------------------------
+
+MASTER_KEY = "sk-proxy-test-5d1e9b7c3a2f4e6d8b0c"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+GUARDED_MODULE = """
+import os
+from decimal import Decimal
+
+from litellm_stripe import StripeLogger, customer_from
+from stripe_token_meter import CreditExhausted, TokenMeter
+
+
+class Budget:
+    def reserve(self, customer_id, model):
+        if customer_id == "cus_broke":
+            raise CreditExhausted(customer_id, Decimal("-1.5"), "usd")
+        return None
+
+
+meter = TokenMeter(
+    api_key="sk_test_fake",
+    api_base=os.environ["STRIPE_API_BASE"],
+    outbox_path=os.environ["STRIPE_TOKEN_METER_OUTBOX"],
+    guard=Budget(),
+)
+logger = StripeLogger(
+    meter, customer_resolver=customer_from("metadata", trust_client_fields=True), metadata_key=None
+)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_proxy_answers_402_and_never_calls_the_provider(
+    fake_stripe: Any, server: OpenAIServer, tmp_path: Path
+) -> None:
+    import openai
+
+    (tmp_path / "guarded.py").write_text(GUARDED_MODULE)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: my-gpt\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o-2024-08-06\n"
+        f"      api_base: {server.base_url}\n"
+        "      api_key: sk-upstream\n"
+        "litellm_settings:\n"
+        "  callbacks: guarded.logger\n"
+        "general_settings:\n"
+        "  master_key: os.environ/LITELLM_MASTER_KEY\n"
+    )
+    port = _free_port()
+    env = dict(
+        os.environ,
+        LITELLM_MASTER_KEY=MASTER_KEY,
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        STRIPE_API_BASE=fake_stripe.url,
+        STRIPE_TOKEN_METER_OUTBOX=str(tmp_path / "outbox.sqlite3"),
+    )
+    log = (tmp_path / "proxy.log").open("wb")
+    cmd = [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}", api_key=MASTER_KEY, max_retries=0, timeout=30
+        )
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIError:
+                assert proc.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.5)
+
+        def ask(customer: str) -> Any:
+            return client.chat.completions.create(
+                model="my-gpt",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_body={"metadata": {"stripe_customer_id": customer}},
+            )
+
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(BROKE)
+        assert err.value.status_code == 402, (tmp_path / "proxy.log").read_text()[-3000:]
+        assert f"customer {BROKE} has no credit left" in str(err.value)
+        assert server.requests == []
+        assert ask(RICH).choices[0].message.content == server.text
+        assert len(server.requests) == 1
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    from stripe_token_meter import TokenMeter
+
+    meter = TokenMeter(
+        api_key="sk_test_fake", api_base=fake_stripe.url, outbox_path=tmp_path / "outbox.sqlite3"
+    )
+    assert meter.flush(30)
+    meter.close()
+    assert event_tuples(fake_stripe) == _billed(RICH)
