@@ -95,6 +95,10 @@ class CreditExhausted(TokenMeterError):
     `currency` major units.
     """
 
+    status_code = 402
+    """HTTP's Payment Required: what a server should answer, and what LiteLLM's Router
+    reads to raise the error at once instead of retrying it."""
+
     def __init__(self, customer_id: str, remaining: Decimal, currency: str) -> None:
         self.customer_id = customer_id
         self.remaining = remaining

@@ -352,8 +352,17 @@ class TokenMeter:
                 raise
             self._failed("record", exc)
 
+    @property
+    def guarded(self) -> bool:
+        """Whether the meter has a guard: adapters skip the pre-call check without one."""
+        return self._guard is not None
+
     def before_call(
-        self, customer_id: str | None = None, *, model: str | None = None
+        self,
+        customer_id: str | None = None,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
     ) -> Hold | None:
         """For adapters, before the provider is called: may this call's customer spend?
 
@@ -361,8 +370,9 @@ class TokenMeter:
         made); otherwise returns the guard's `Hold` for the call (or None), which the
         adapter releases when the call ends. `customer_id` is the adapter's per-call
         customer; without one the `customer()` scope, then the meter's default, is asked
-        about. Any other failure of the guard is contained (the call is allowed, the error
-        counted as an adapter error under "guard").
+        about. With `provider`, `model` is normalised as the meter's events will name it
+        (the guard sees the cost events' model). Any other failure of the guard is
+        contained (the call is allowed, the error counted as an adapter error under "guard").
         """
         guard = self._guard
         if guard is None:
@@ -371,6 +381,8 @@ class TokenMeter:
         if customer is None:
             return None
         try:
+            if provider is not None and model is not None:
+                model = self._normalizer(provider, model)
             return guard.reserve(customer, model)
         except CreditExhausted:
             raise

@@ -16,7 +16,6 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from stripe_token_meter import CreditExhausted, InvalidUsage, TokenMeter, current_customer
-from stripe_token_meter.dimensions import normalize_model
 from stripe_token_meter.guard import Hold
 from stripe_token_meter.usage import check_customer, check_dimensions
 
@@ -198,13 +197,8 @@ class StripeCallbackHandler(BaseCallbackHandler):
     ) -> None:
         """Ask the meter's guard before the provider is called; keep the run's hold."""
         who = customer if isinstance(customer, str) and customer else self.customer_id
-        asked = None
-        if isinstance(model, str) and model:
-            try:
-                asked = normalize_model(noted_provider(*provider), model)
-            except Exception:
-                asked = model
-        hold = self.meter.before_call(who, model=asked)
+        named = model if isinstance(model, str) and model else None
+        hold = self.meter.before_call(who, model=named, provider=noted_provider(*provider) or "")
         if hold is not None:
             holds = self._holds
             if len(holds) >= MAX_OPEN_RUNS:
@@ -316,8 +310,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
 
 def has_guard(meter: TokenMeter) -> bool:
     """Whether `meter` was built with a guard; without one the start handler stays as cheap as before."""
-    # TODO(core): use a public `TokenMeter.guarded` once the core has it.
-    return getattr(meter, "_guard", None) is not None
+    return meter.guarded
 
 
 def _release(hold: Hold) -> None:

@@ -53,7 +53,6 @@ from typing import Any, Final
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from stripe_token_meter import CreditExhausted, TokenMeter, current_customer
-from stripe_token_meter.dimensions import normalize_model
 from stripe_token_meter.guard import Hold
 from stripe_token_meter.usage import check_customer, check_dimensions
 
@@ -190,8 +189,7 @@ def _release(hold: Hold) -> None:
 
 def has_guard(meter: TokenMeter) -> bool:
     """Whether `meter` was built with a guard; without one the hooks return at once."""
-    # TODO(core): use a public `TokenMeter.guarded` once the core has it.
-    return getattr(meter, "_guard", None) is not None
+    return meter.guarded
 
 
 class StripeLogger(CustomLogger):
@@ -548,19 +546,18 @@ class _GuardedStripeLogger(StripeLogger):
             metadata = ex.call_metadata(view)
             customer = self._customer(view, {}, metadata, None)
             model = kwargs.get("model")
-            asked = None
-            if isinstance(model, str) and model:
-                asked = normalize_model(ex.provider(kwargs, {}), model)
-            hold = self.meter.before_call(_text(customer) or self.customer_id, model=asked)
+            hold = self.meter.before_call(
+                _text(customer) or self.customer_id,
+                model=model if isinstance(model, str) and model else None,
+                provider=ex.provider(kwargs, {}) or "",
+            )
             if cid is not None:
                 self._holds.put(cid, hold if hold is not None else _NO_HOLD)
             elif hold is not None:
                 _release(hold)  # no id to release it by: never leak it
-        except CreditExhausted as exc:
-            # An HTTP-like status: the Router does not retry a 4xx (it retried a plain
-            # exception twice, with back-off, asking the guard each time), and the proxy
-            # answers with it should a refusal come from here rather than its pre-call hook.
-            exc.status_code = 402  # type: ignore[attr-defined]
+        except CreditExhausted:
+            # CreditExhausted.status_code is 402: the Router does not retry a 4xx (it retried
+            # a plain exception twice, with back-off, asking the guard each time).
             raise
         except Exception as exc:
             self._failed("async_pre_call_deployment_hook", exc)

@@ -72,7 +72,6 @@ from llama_index.core.instrumentation.span import BaseSpan, active_span_id
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import ConfigDict, Field, PrivateAttr
 from stripe_token_meter import CreditExhausted, TokenMeter, current_customer
-from stripe_token_meter.dimensions import normalize_model
 from stripe_token_meter.guard import Hold
 from stripe_token_meter.provider_usage import Counts
 from stripe_token_meter.provider_usage import UsageReport as Found
@@ -602,8 +601,7 @@ class _Tracker:
 
 def has_guard(meter: TokenMeter) -> bool:
     """Whether `meter` was built with a guard; without one nothing is attached to LLMs."""
-    # TODO(core): use a public `TokenMeter.guarded` once the core has it.
-    return getattr(meter, "_guard", None) is not None
+    return meter.guarded
 
 
 _NOT_LLM: Final[list[CBEventType]] = [t for t in CBEventType if t is not CBEventType.LLM]
@@ -669,13 +667,13 @@ class _GuardCallback(BaseCallbackHandler):
                 return event_id  # not an outermost call: its outer call was asked
             customer = st.tags.get(CUSTOMER_KEY) if st.tags else None
             who = customer if isinstance(customer, str) and customer else None
-            model = None
-            named = st.model_name
-            if named:
+            name = provider = None
+            if st.model_name:
                 cls = type(st.instance) if st.instance is not None else None
-                name, provider = model_and_provider(None, named, cls, st.class_name)
-                model = normalize_model(provider, name)
-            hold = tracker.meter.before_call(who or st.scope or tracker.customer_id, model=model)
+                name, provider = model_and_provider(None, st.model_name, cls, st.class_name)
+            hold = tracker.meter.before_call(
+                who or st.scope or tracker.customer_id, model=name, provider=provider or ""
+            )
             if hold is not None:
                 self._keep(event_id, hold)
         except CreditExhausted:
