@@ -72,8 +72,8 @@ class AdapterOptions:
         return cls(customer, dims, max_tracked)
 
 
-def call_customer(metadata: Mapping[str, Any] | None) -> str | None:
-    """The per-call customer named in framework metadata under `CUSTOMER_KEY`, or None.
+def call_customer(metadata: Mapping[str, Any] | None, key: str = CUSTOMER_KEY) -> str | None:
+    """The per-call customer named in framework metadata under `key` (`CUSTOMER_KEY`), or None.
 
     None and "" mean "not named": the meter's precedence decides. Any other value is
     passed on (a non-str as its `str()`), so a bad id is dead-lettered as
@@ -81,7 +81,7 @@ def call_customer(metadata: Mapping[str, Any] | None) -> str | None:
     """
     if not metadata:
         return None
-    value = metadata.get(CUSTOMER_KEY)
+    value = metadata.get(key)
     if value is None or value == "":
         return None
     return value if isinstance(value, str) else str(value)
@@ -160,6 +160,8 @@ class _NoHold:
 
 
 _NO_HOLD: Final = _NoHold()
+_REPORTED: Final = "_stripe_token_meter_reported"
+"""Set on an error a strict `failed` re-raised, so an outer `failed` does not count it again."""
 
 
 def _release(hold: Hold) -> None:
@@ -199,9 +201,13 @@ class AdapterKit:
         and development, where an adapter's failure must be seen. A framework that
         swallows callback errors (LlamaIndex's dispatcher) still shows it in the stats.
         """
+        if getattr(exc, _REPORTED, False):
+            raise exc  # re-raised by a strict inner `failed`: counted once, not twice
         with suppress(Exception):
             self.meter.report_adapter_error(f"{self.source}.{where}", exc)
         if self.meter.strict:
+            with suppress(Exception):
+                setattr(exc, _REPORTED, True)
             raise exc
 
     def reserve(
