@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -305,3 +310,62 @@ def test_no_guard_no_hold(local_meter: MeterFactory) -> None:
     assert kit.open_holds == 1  # asked; nothing to release
     kit.release("r1")
     assert kit.open_holds == 0
+
+
+def test_call_customer_under_another_key() -> None:
+    assert call_customer({"tenant": "cus_t", CUSTOMER_KEY: "cus_x"}, "tenant") == "cus_t"
+    assert call_customer({CUSTOMER_KEY: "cus_x"}, "tenant") is None
+
+
+def test_a_strict_error_is_counted_once_through_nested_containment(
+    local_meter: MeterFactory,
+) -> None:
+    meter = local_meter(strict=True)
+    kit = AdapterKit(meter, AdapterOptions.check(), "my-adapter")
+    with pytest.raises(KeyError):
+        try:
+            kit.failed("customer_resolver", KeyError("users"))
+        except KeyError as exc:
+            kit.failed("on_start", exc)  # the outer handler of the same callback
+    assert meter.stats()["adapter_errors"] == 1
+
+
+# -- the README's example adapter --------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "shared" / "README.md"
+
+
+def test_readme_example_adapter_runs_and_bills(tmp_path: Path) -> None:
+    """shared/README.md "Writing an adapter": the example runs as written and bills the
+    named customer with merged dimensions, and the unseen start with the adapter's."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Writing an adapter") :]
+    block = re.search(r"```py\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    outbox = tmp_path / "outbox.sqlite3"
+    env = dict(os.environ, STRIPE_TOKEN_METER_OUTBOX=str(outbox))
+    env.pop("STRIPE_API_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", block.group(1)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meter = TokenMeter(outbox_path=outbox)
+    try:
+        rows = meter._outbox._query(
+            "SELECT customer_id, token_type, value, payload FROM events ORDER BY customer_id, token_type"
+        )
+    finally:
+        meter.close()
+    assert [r[:3] for r in rows] == [
+        ("cus_123", "input", 12),
+        ("cus_123", "output", 3),
+        ("cus_fallback", "input", 5),
+        ("cus_fallback", "output", 1),
+    ]
+    dims = [(p.get("app"), p.get("feature")) for p in (json.loads(r[3]) for r in rows)]
+    assert dims == [("docs", "chat")] * 2 + [("docs", None)] * 2
