@@ -192,10 +192,15 @@ def test_in_flight_is_thread_safe_and_bounded() -> None:
                 popped.append(i)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads mid-operation as often as possible
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(interval)
     # every entry is still there, popped or evicted: exactly once, never lost or doubled
     assert len(calls) <= 100 and len(calls) + len(evicted) + len(popped) == 8_000
     assert list(calls)[-1] in {(t, 1_998) for t in range(4)} | {(t, 1_999) for t in range(4)}
@@ -357,7 +362,8 @@ def test_readme_example_adapter_runs_and_bills(tmp_path: Path) -> None:
     meter = TokenMeter(outbox_path=outbox)
     try:
         rows = meter._outbox._query(
-            "SELECT customer_id, token_type, value, payload FROM events ORDER BY customer_id, token_type"
+            "SELECT customer_id, token_type, value, payload FROM events"
+            " ORDER BY customer_id, token_type"
         )
     finally:
         meter.close()

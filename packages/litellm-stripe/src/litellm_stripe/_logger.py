@@ -126,10 +126,10 @@ class StripeLogger(CustomLogger):
     `embedding` (input tokens only) and `responses`. Failed calls and cache hits are not
     billed (`bill_cache_hits=True` bills cache hits).
 
-    Customer, first that applies: the customer named in the call's metadata
-    (under `metadata_key`, the kit's `CUSTOMER_KEY`; None ignores call metadata, as the proxy logger does) ->
-    `customer_resolver(CallIdentity)` -> `meter.customer()` scope around the call ->
-    `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
+    Customer, first that applies: the customer named in the call's metadata under
+    `metadata_key` (the kit's `CUSTOMER_KEY`; None ignores call metadata, as the proxy
+    logger does) -> `customer_resolver(CallIdentity)` -> `meter.customer()` scope around
+    the call -> `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
     `missing_customer`.
 
     Every callback is deduplicated on LiteLLM's own per-call id (`litellm_call_id`, the
