@@ -57,6 +57,8 @@ def test_options_are_checked_once_and_copied() -> None:
     options = AdapterOptions.check(customer_id="cus_a", dimensions=dims, max_tracked=5)
     dims["tier"] = "free"
     assert options == AdapterOptions("cus_a", {"tier": "pro"}, 5)
+    with pytest.raises(TypeError):
+        options.dimensions["tier"] = "free"  # type: ignore[index]
     assert AdapterOptions.check() == AdapterOptions(None, {}, DEFAULT_MAX_TRACKED)
     assert AdapterOptions.check(customer_id="").customer_id is None
 
@@ -311,10 +313,9 @@ def test_no_guard_no_hold(local_meter: MeterFactory) -> None:
     meter = local_meter(default_customer_id="cus_default")
     kit = AdapterKit(meter, AdapterOptions.check(), "a")
     assert not kit.guarded
-    kit.reserve("r1", "cus_a")
-    assert kit.open_holds == 1  # asked; nothing to release
+    kit.reserve("r1", "cus_a")  # nothing to ask: nothing kept
+    assert kit.open_holds == 0 and not kit.reserved("r1")
     kit.release("r1")
-    assert kit.open_holds == 0
 
 
 def test_call_customer_under_another_key() -> None:

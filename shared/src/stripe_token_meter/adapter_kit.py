@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .customer import current_customer
@@ -45,6 +46,10 @@ class AdapterOptions:
     customer_id: str | None
     dimensions: Mapping[str, str] = field(default_factory=dict)
     max_tracked: int = DEFAULT_MAX_TRACKED
+
+    def __post_init__(self) -> None:
+        # Copied and read-only: options are shared by every call and never change under one.
+        object.__setattr__(self, "dimensions", MappingProxyType(dict(self.dimensions)))
 
     @classmethod
     def check(
@@ -242,8 +247,10 @@ class AdapterKit:
         `customer_id` ranks below a `meter.customer()` scope, as for records. The hold is
         kept under `key` until `release(key)` (None: no key to release it by, so it is
         released at once). `CreditExhausted` propagates: the call must not be made.
-        Anything else is contained by `failed`.
+        Anything else is contained by `failed`. Without a guard it does nothing.
         """
+        if not self.meter.guarded:
+            return
         try:
             who = customer if isinstance(customer, str) and customer else None
             who = who or current_customer() or self.options.customer_id
