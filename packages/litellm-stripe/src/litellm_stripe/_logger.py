@@ -136,7 +136,7 @@ class StripeLogger(CustomLogger):
     last `max_tracked` calls), also the event identifiers' prefix; never on the provider's
     response id, which servers (Ollama: `chatcmpl-<0..999>`) and proxies repeat across
     calls and customers. The logger never raises into LiteLLM: failures are counted in
-    `meter.stats()["adapter_errors"]` (a strict meter raises instead).
+    `meter.stats()["adapter_errors"]` (a strict meter re-raises them: the kit's rule).
 
     `thread_fallback` (default on) also takes async calls' success from LiteLLM's
     logging thread pool, so calls made right before `asyncio.run()` returns are still
