@@ -352,4 +352,5 @@ def test_spent_since_sums_a_cost_event_per_customer_except_cancelled(store: Outb
     store.mark_delivered([r.id for r in rows])  # delivered rows still count
     assert store.spent_since(cost, now) == {"cus_a": 11_000, "cus_b": 7}
     assert store.spent_since(cost, now + 6) == {"cus_b": 7}
+    assert store.spent_since(cost, now, now + 5) == {"cus_a": 10_506}  # `until` excluded
     assert store.spent_since("no-such-event", now) == {}
