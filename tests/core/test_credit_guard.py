@@ -318,3 +318,14 @@ def test_restart_remembers_the_periods_spending(tmp_path: Path) -> None:
     assert fresh.wait_loaded(5)
     assert fresh.remaining("cus_x") == Decimal(1)
     fresh.close()
+
+
+def test_a_new_period_starts_from_zero_spent() -> None:
+    period = [1_000.0]
+    guard = CreditGuard({"cus_x": "0.02"}, period_start=lambda t: period[0])
+    assert _spend_loop(guard, "cus_x") == 2
+    period[0] = 2_000.0  # the month turns
+    guard._wake.set()  # the guard's thread checks at least once a minute; now, for the test
+    _until(lambda: guard.remaining("cus_x") == Decimal("0.02"))
+    assert _spend_loop(guard, "cus_x") == 2
+    guard.close()

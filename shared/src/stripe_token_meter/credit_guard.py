@@ -179,9 +179,8 @@ class _Hold:
     def release(self) -> None:
         if self._done:
             return
-        self._done = True
         try:
-            self._guard._release(self._account, self._model, self._amount)
+            self._guard._release(self)
         except Exception:  # a hold never raises into user code
             log.debug("credit guard: release failed", exc_info=True)
 
@@ -244,6 +243,8 @@ class CreditGuard:
         """Refuse (`CreditExhausted`) or reserve for one call; memory only, never waits."""
         now = time.monotonic()
         with self._lock:
+            if self._thread is None:  # period roll-over and balance requests
+                self._start_thread()
             acc = self._accounts.get(customer_id)
             if acc is None:
                 if not self._stripe:
@@ -311,9 +312,13 @@ class CreditGuard:
         else:
             acc.unknown -= 1
 
-    def _release(self, acc: _Account, model: str | None, amount: int) -> None:
+    def _release(self, hold: _Hold) -> None:
         now = time.monotonic()
+        acc, amount = hold._account, hold._amount
         with self._lock:
+            if hold._done:  # released by another thread meanwhile
+                return
+            hold._done = True
             early = acc.early
             while early and early[0] <= now:
                 early.popleft()
@@ -327,7 +332,7 @@ class CreditGuard:
             if amount:
                 acc.in_flight -= amount
                 acc.awaiting_total += amount
-            acc.awaiting.append((now + COST_WAIT_SECONDS, amount, model))
+            acc.awaiting.append((now + COST_WAIT_SECONDS, amount, hold._model))
 
     # ------------------------------------------------------------------ worker's thread
 
@@ -369,9 +374,8 @@ class CreditGuard:
                     "CreditGuard: the meter has no pricing, so no cost is recorded; "
                     "only the credit itself limits calls"
                 )
-            else:
-                self._start_thread()
-                self._wake.set()
+            self._start_thread()
+            self._wake.set()
 
     def close(self) -> None:
         """Stop the guard's thread (the meter calls this when it closes)."""
