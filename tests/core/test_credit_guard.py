@@ -100,12 +100,17 @@ def test_costs_arriving_late_still_count_the_calls_released_before_them() -> Non
     assert guard.remaining("cus_x") == Decimal(1_000_000 - 96 * COST) / 1_000_000
 
 
-def test_calls_made_before_any_cost_is_known_count_once_one_is() -> None:
+def test_calls_made_before_any_cost_is_known_count_once_one_is(monkeypatch: Any) -> None:
+    from stripe_token_meter import credit_guard
+
+    monkeypatch.setattr(credit_guard, "FIRST_CALL_WAIT_SECONDS", 0.05)
     guard = CreditGuard({"cus_x": "1.00"})
+    started = time.monotonic()
     for _ in range(50):  # the worker has not priced anything yet: no estimate
         hold = guard.reserve("cus_x", MODEL)
         assert hold is not None
         hold.release()
+    assert 0.05 <= time.monotonic() - started < 0.5  # the second call waited, once
     guard.record_cost("cus_x", COST)  # the first cost: the 49 others now count as much
     assert guard.remaining("cus_x") == Decimal(1_000_000 - 50 * COST) / 1_000_000
     assert _spend_loop(guard, "cus_x") == 46
@@ -329,3 +334,31 @@ def test_a_new_period_starts_from_zero_spent() -> None:
     _until(lambda: guard.remaining("cus_x") == Decimal("0.02"))
     assert _spend_loop(guard, "cus_x") == 2
     guard.close()
+
+
+def test_the_second_call_waits_for_the_first_calls_cost_once() -> None:
+    guard = CreditGuard({"cus_x": "1.00"})
+    first = guard.reserve("cus_x", MODEL)
+    assert first is not None
+    first.release()  # ended; the worker prices it 50 ms later
+    worker = threading.Timer(0.05, guard.record_cost, ("cus_x", COST))
+    worker.start()
+    started = time.monotonic()
+    second = guard.reserve("cus_x", MODEL)
+    waited = time.monotonic() - started
+    worker.join()
+    assert 0.04 <= waited < 0.5
+    assert second is not None
+    second.release()
+    guard.record_cost("cus_x", COST)
+    assert _spend_loop(guard, "cus_x") == 94  # 2 + 94 = 96, as without the worker's lag
+
+
+def test_a_customer_whose_first_call_is_in_flight_does_not_wait() -> None:
+    guard = CreditGuard({"cus_x": "1.00"})
+    first = guard.reserve("cus_x", MODEL)  # a long call, still running
+    started = time.monotonic()
+    for _ in range(5):
+        assert guard.reserve("cus_x", MODEL) is not None
+    assert time.monotonic() - started < 0.05
+    assert first is not None

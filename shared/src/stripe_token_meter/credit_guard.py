@@ -27,6 +27,13 @@ How the estimate works (all amounts in micro-units of `currency`, 1 USD = 1,000,
 A call is refused (`CreditExhausted`) when `remaining <= 0`, so a customer can overdraw by
 at most the calls in flight plus one.
 
+`reserve` answers from memory (about 1.5 us with `release`, benchmarks/guard.py), with one
+exception, once per customer: when the customer's first call has ended but nothing is
+known yet of what a call costs (the worker prices it a few ms later; a fresh process's
+worker is slower to start) or, with `source="stripe"`, of the customer's balance, the
+customer's next call waits for them, at most `FIRST_CALL_WAIT_SECONDS` (0.5 s). Without
+it a tight loop in a fresh process runs ahead of the worker with nothing reserved.
+
 Customers whose credit is unknown: not in the dict, or (`source="stripe"`) not fetched
 yet or Stripe failed. `on_unavailable="allow"` lets their calls through (and, for Stripe,
 fetches the balance in the background); `"deny"` refuses them until a balance is known.
@@ -62,6 +69,8 @@ COST_WAIT_SECONDS: Final = 5.0
 LOW_BALANCE_FRACTION: Final = Decimal("0.1")
 MIN_LOW_REFRESH_SECONDS: Final = 1.0
 """An early (low-balance) refresh never follows the previous request sooner than this."""
+FIRST_CALL_WAIT_SECONDS: Final = 0.5
+"""Longest a customer's second call waits for its first to be accounted for (`reserve`)."""
 RETRY_SECONDS: Final = 5.0
 """A failed balance request is retried after this (or `refresh_seconds`, if shorter)."""
 _MAX_SLEEP: Final = 60.0
@@ -123,6 +132,7 @@ class _Account:
     """One customer's numbers; read and changed only under the guard's lock."""
 
     __slots__ = (
+        "answered",
         "awaiting",
         "awaiting_total",
         "balance",
@@ -135,6 +145,8 @@ class _Account:
         "low_asked",
         "spent",
         "unknown",
+        "unknown_released",
+        "waited",
     )
 
     def __init__(self, credit: int | None) -> None:
@@ -149,6 +161,11 @@ class _Account:
         self.due = 0.0
         self.last_request = float("-inf")
         self.low_asked = False
+        self.answered = credit is not None
+        """A balance request was answered (or failed): nothing to wait for."""
+        self.waited = False
+        self.unknown_released = 0
+        """Of those, the calls already released: their cost is being priced right now."""
         self.unknown = 0
         """Holds (in flight or awaiting their cost) reserved while no cost was known: each
         counts as the customer's last cost once one is known."""
@@ -224,6 +241,8 @@ class CreditGuard:
         self._period_start = period_start or month_start_utc
         self._period = self._period_start(time.time())
         self._lock = threading.Lock()
+        self._cost_arrived = threading.Condition(self._lock)
+        self._cost_waiters = 0
         self._accounts: dict[str, _Account] = {c: _Account(v) for c, v in budgets.items()}
         self._model_cost: dict[tuple[str, str], int] = {}
         self._any_model_cost: dict[str, int] = {}
@@ -240,7 +259,14 @@ class CreditGuard:
     # ------------------------------------------------------------------ caller's thread
 
     def reserve(self, customer_id: str, model: str | None) -> _Hold | None:
-        """Refuse (`CreditExhausted`) or reserve for one call; memory only, never waits."""
+        """Refuse (`CreditExhausted`) or reserve for one call, from memory.
+
+        One exception to "never waits", once per customer: the customer's first call has
+        ended, but its cost is not priced yet and no cost of this model is known (or, with
+        `source="stripe"`, the first balance request is not answered yet). Then the next
+        call waits for those, at most `FIRST_CALL_WAIT_SECONDS`: without it a tight loop
+        in a fresh process would run ahead of the worker with nothing reserved.
+        """
         now = time.monotonic()
         with self._lock:
             if self._thread is None:  # period roll-over and balance requests
@@ -253,6 +279,10 @@ class CreditGuard:
                         raise CreditExhausted(customer_id, Decimal(0), self._currency)
                     return None
                 acc = self._accounts[customer_id] = _Account(None)
+            if acc.unknown_released and not acc.waited:
+                acc.waited = True
+                self._await_first_call(acc, model)
+                now = time.monotonic()
             if self._stripe and now >= acc.due:
                 acc.low_asked = False
                 self._want(acc, customer_id, now)
@@ -292,6 +322,27 @@ class CreditGuard:
                 acc.unknown += 1
         return _Hold(self, acc, model, amount)
 
+    def _await_first_call(self, acc: _Account, model: str | None) -> None:
+        """Wait (lock released) until a cost for this customer or model and, for Stripe,
+        a balance answer are known."""
+        costs = self._any_model_cost
+
+        def ready() -> bool:
+            priced = (
+                acc.last_cost is not None
+                or not acc.unknown_released
+                or (model is not None and model in costs)
+            )
+            return priced and (acc.answered or not self._stripe)
+
+        if ready():
+            return
+        self._cost_waiters += 1
+        try:
+            self._cost_arrived.wait_for(ready, FIRST_CALL_WAIT_SECONDS)
+        finally:
+            self._cost_waiters -= 1
+
     def _want(self, acc: _Account, customer_id: str, now: float) -> None:
         """Ask the guard's thread for this customer's balance (under the lock)."""
         acc.due = now + self._refresh
@@ -311,6 +362,7 @@ class CreditGuard:
             acc.awaiting_total -= amount
         else:
             acc.unknown -= 1
+            acc.unknown_released -= 1
 
     def _release(self, hold: _Hold) -> None:
         now = time.monotonic()
@@ -332,6 +384,8 @@ class CreditGuard:
             if amount:
                 acc.in_flight -= amount
                 acc.awaiting_total += amount
+            else:
+                acc.unknown_released += 1
             acc.awaiting.append((now + COST_WAIT_SECONDS, amount, hold._model))
 
     # ------------------------------------------------------------------ worker's thread
@@ -356,6 +410,8 @@ class CreditGuard:
             if model is not None:
                 self._model_cost[(customer_id, model)] = micros
                 self._any_model_cost[model] = micros
+            if self._cost_waiters:
+                self._cost_arrived.notify_all()
 
     # ------------------------------------------------------------------ meter hooks
 
@@ -468,6 +524,8 @@ class CreditGuard:
                 self._roll_period()
                 if load:
                     self._load_spent()
+                if self._stripe and self._binding is not None:
+                    self._stripe_client()  # built now: the first balance request is quicker
                 for cid in wanted:
                     self._fetch(cid)
             except Exception:  # the guard's thread must keep running
@@ -564,6 +622,9 @@ class CreditGuard:
             with self._lock:
                 self._counts["errors"] += 1
                 acc.due = min(acc.due, time.monotonic() + RETRY_SECONDS)
+                acc.answered = True
+                if self._cost_waiters:
+                    self._cost_arrived.notify_all()
             # The type and Stripe's message only: never the key (Stripe masks it already).
             log.warning(
                 "CreditGuard: balance of %s unavailable (%s: %s)",
@@ -575,3 +636,6 @@ class CreditGuard:
         micros = value * minor_unit_micros(currency)
         with self._lock:
             acc.credit = acc.balance = micros
+            acc.answered = True
+            if self._cost_waiters:
+                self._cost_arrived.notify_all()
