@@ -362,3 +362,11 @@ def test_a_customer_whose_first_call_is_in_flight_does_not_wait() -> None:
         assert guard.reserve("cus_x", MODEL) is not None
     assert time.monotonic() - started < 0.05
     assert first is not None
+
+
+@pytest.mark.parametrize("bad", ["ten", "-1", "NaN", 1.5])
+def test_a_budget_must_be_a_decimal_amount(bad: Any) -> None:
+    from stripe_token_meter import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="cus_x"):
+        CreditGuard({"cus_x": bad})

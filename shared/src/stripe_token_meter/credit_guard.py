@@ -203,7 +203,14 @@ class _Hold:
 
 
 class CreditGuard:
-    """A `Guard` that refuses calls of customers whose credit is spent (see module doc)."""
+    """A `Guard` that refuses calls of customers whose credit is spent (see module doc).
+
+    `source`: `"stripe"` (credit grants) or `{customer_id: "10.00"}`, a budget per period
+    in major units of `currency` (a customer not listed is "unavailable": see
+    `on_unavailable`). `refresh_seconds`: how old a Stripe balance may get. `currency`:
+    default the meter's pricing currency. `api_key`: default the meter's key (or its
+    `stripe_client`). `period_start(now) -> start`: default the calendar month in UTC.
+    """
 
     def __init__(
         self,
@@ -228,10 +235,13 @@ class CreditGuard:
                 raise ConfigurationError('source must be "stripe" or {customer_id: "amount"}')
             for cid, amount in source.items():
                 try:
-                    budgets[cid] = int(Decimal(str(amount)) * MICROS)
-                except InvalidOperation:
+                    budget = Decimal(str(amount))
+                    if isinstance(amount, float) or not budget.is_finite() or budget < 0:
+                        raise ValueError(amount)
+                    budgets[cid] = int(budget * MICROS)
+                except (InvalidOperation, ValueError):
                     raise ConfigurationError(
-                        f"source[{cid!r}]: {amount!r} is not a decimal amount"
+                        f"source[{cid!r}]: {amount!r} is not a non-negative decimal string"
                     ) from None
         self._refresh = float(refresh_seconds)
         self._deny = on_unavailable == "deny"
