@@ -559,7 +559,7 @@ class CreditGuard:
             from .storage import open_store
 
             until = time.time()
-            store = open_store(binding.outbox)
+            store = open_store(binding.outbox, readonly=True)
             try:
                 with self._lock:
                     since = self._period
