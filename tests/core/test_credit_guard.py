@@ -370,3 +370,17 @@ def test_a_budget_must_be_a_decimal_amount(bad: Any) -> None:
 
     with pytest.raises(ConfigurationError, match="cus_x"):
         CreditGuard({"cus_x": bad})
+
+
+def test_a_model_whose_cost_never_comes_is_waited_for_once(monkeypatch: Any) -> None:
+    from stripe_token_meter import credit_guard
+
+    monkeypatch.setattr(credit_guard, "FIRST_CALL_WAIT_SECONDS", 0.05)
+    guard = CreditGuard({"cus_a": "1", "cus_b": "1"})
+    started = time.monotonic()
+    for customer in ("cus_a", "cus_b"):
+        for _ in range(3):  # an unpriced model: the worker never records a cost
+            hold = guard.reserve(customer, "acme/unpriced")
+            assert hold is not None
+            hold.release()
+    assert 0.05 <= time.monotonic() - started < 0.1  # cus_a's second call only

@@ -253,6 +253,9 @@ class CreditGuard:
         self._lock = threading.Lock()
         self._cost_arrived = threading.Condition(self._lock)
         self._cost_waiters = 0
+        self._unpriced: set[str | None] = set()
+        """Models whose first cost never came within the wait (not priced?): not waited for
+        again, for any customer."""
         self._accounts: dict[str, _Account] = {c: _Account(v) for c, v in budgets.items()}
         self._model_cost: dict[tuple[str, str], int] = {}
         self._any_model_cost: dict[str, int] = {}
@@ -345,11 +348,12 @@ class CreditGuard:
             )
             return priced and (acc.answered or not self._stripe)
 
-        if ready():
+        if ready() or model in self._unpriced:
             return
         self._cost_waiters += 1
         try:
-            self._cost_arrived.wait_for(ready, FIRST_CALL_WAIT_SECONDS)
+            if not self._cost_arrived.wait_for(ready, FIRST_CALL_WAIT_SECONDS):
+                self._unpriced.add(model)
         finally:
             self._cost_waiters -= 1
 
