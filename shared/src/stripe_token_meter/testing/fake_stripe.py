@@ -34,6 +34,9 @@ POSTs honour ``Idempotency-Key`` like Stripe: a 2xx answer is replayed for a ret
 (last 50,000 keys). For ``count`` meters the value key is optional and each event counts 1.
 Shape errors in a v2 request (non-string payload values, bad RFC 3339 timestamps, unknown
 fields, more than 100 events) reject the whole request with a 400, as Stripe's schema does.
+Billing credits (``_credits``): credit grants (create, list, retrieve, void) and the
+customer's credit balance summary, the sum of live grants (FakeStripe never invoices, so
+usage never consumes credit); ``grant_credit()`` sets one up without a request.
 """
 
 from __future__ import annotations
