@@ -436,6 +436,14 @@ class CreditGuard:
             self._binding = binding
             if self._currency_override is None:
                 self._currency = binding.currency.lower()
+            elif binding.cost_event_name is not None and binding.currency != self._currency:
+                log.warning(
+                    "CreditGuard: currency %s differs from the pricing's %s; costs are "
+                    "counted as if they were in %s",
+                    self._currency,
+                    binding.currency,
+                    self._currency,
+                )
             self._client = None
             self._load_pending = binding.cost_event_name is not None
             if not self._load_pending:
