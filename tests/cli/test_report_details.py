@@ -68,3 +68,35 @@ def test_report_shows_the_api_the_events_were_sent_with(cli: Cli, seeded: Seeded
     assert cli(*base, "--json").json()["apis"] == {"v1": 6}  # local-ledger rows: never sent
     assert cli(*base, "--json", "--customer", "cus_local").json()["apis"] == {}
     assert "sent with api v1 (6 events)" in cli(*base).out
+
+
+def test_report_keeps_cost_apart_from_tokens(cli: Cli, tmp_path: Path) -> None:
+    """A priced meter's cost events are micro-units: summed under "costs", never as tokens."""
+    from stripe_token_meter import Pricing
+
+    path = tmp_path / "outbox.sqlite3"
+    pricing = Pricing({"openai/gpt-4o": {"input": "2.50", "output": "10.00"}}, markup_percent=20)
+    meter = TokenMeter(outbox_path=path, pricing=pricing)
+    for i in range(3):
+        meter.record(
+            Usage(
+                customer_id="cus_a",
+                model="gpt-4o",
+                input_tokens=1234,
+                output_tokens=567,
+                request_id=f"r{i}",
+            )
+        )
+    assert meter.flush(5)
+    meter.close(timeout=1)
+    report = cli("report", "--json", "--outbox", str(path)).json()
+    assert report["customers"]["cus_a"]["total"] == 3 * (1234 + 567)
+    assert report["totals"]["total"] == 3 * (1234 + 567)
+    assert {r["token_type"] for r in report["rows"]} == {"input", "output"}
+    assert [(c["customer"], c["model"], c["total"]) for c in report["costs"]] == [
+        ("cus_a", "gpt-4o", 3 * 10_506)
+    ]
+    assert report["events"]["total"] == 9
+    table = cli("report", "--outbox", str(path))
+    assert table.code == 0, table.err
+    assert "31,518" in table.out

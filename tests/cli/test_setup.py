@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cli_testkit import KEY, Cli
+from stripe_token_meter import Pricing, TokenMeter, Usage
 
 
 def _flags(fake: Any) -> list[str]:
@@ -105,3 +107,91 @@ def test_setup_customers_and_unsupported_subscriptions(cli: Cli, fake_stripe: An
     assert sub["state"] == "failed" and "/v1/subscriptions" in sub["note"]
     again = next(s for s in cli(*args).json()["steps"] if s["kind"] == "customer")
     assert (again["state"], again["id"]) == ("exists", customer["id"])
+
+
+def test_setup_cost_creates_the_cost_meter_and_its_price(
+    cli: Cli, fake_stripe: Any, tmp_path: Path
+) -> None:
+    args = ["setup", "--cost", "--json", *_flags(fake_stripe)]
+    first = cli(*args)
+    assert first.code == 0, first.err
+    states = {(s["kind"], s["name"]): s["state"] for s in first.json()["steps"]}
+    assert states == {
+        ("meter", "token-billing-tokens"): "exists",  # the fixture's
+        ("product", "stm_llm_tokens"): "created",
+        ("price", "stm.token-billing-tokens.payg"): "created",
+        ("meter", "token-billing-cost"): "created",
+        ("price", "stm.token-billing-cost.cost"): "created",
+    }
+    [meter] = [m for m in fake_stripe.meters() if m["event_name"] == "token-billing-cost"]
+    assert meter["customer_mapping"] == {"event_payload_key": "stripe_customer_id", "type": "by_id"}
+    assert meter["value_settings"] == {"event_payload_key": "value"}
+    assert meter["default_aggregation"] == {"formula": "sum"}
+    assert meter["dimension_payload_keys"] == ["model"]
+    price = _prices(fake_stripe)["stm.token-billing-cost.cost"]
+    assert str(price["unit_amount_decimal"]) == "0.0001"  # cents per micro-dollar
+    assert price["currency"] == "usd" and price["product"] == "stm_llm_tokens"
+    assert price["recurring"]["meter"] == meter["id"]
+    assert price["recurring"]["usage_type"] == "metered"
+
+    requests = fake_stripe.requests
+    again = cli(*args)
+    assert {s["state"] for s in again.json()["steps"]} == {"exists"}
+    assert {k: v for k, v in (fake_stripe.requests - requests).items() if k[0] == "POST"} == {}
+
+    # what TokenMeter(pricing=...) sends is what that meter takes
+    pricing = Pricing({"openai/gpt-4o": {"input": "2.50", "output": "10"}}, markup_percent=20)
+    with TokenMeter(
+        api_key=KEY, api_base=fake_stripe.url, outbox_path=tmp_path / "o.db", pricing=pricing
+    ) as meter:
+        meter.record(Usage(model="openai/gpt-4o", customer_id="cus_a", request_id="c1",
+                           input_tokens=1234, output_tokens=567))  # fmt: skip
+        assert meter.flush(10)
+    [cost] = fake_stripe.events(event_name="token-billing-cost")
+    assert (cost.customer, cost.value, cost.payload["model"]) == ("cus_a", 10_506, "openai/gpt-4o")
+
+
+def test_setup_cost_event_name_and_checks(cli: Cli, fake_stripe: Any) -> None:
+    r = cli("setup", "--cost", "--cost-event-name", "llm-cost", "--json", *_flags(fake_stripe))
+    assert r.code == 0, r.err
+    named = {s["name"]: s for s in r.json()["steps"]}
+    assert (
+        named["llm-cost"]["state"] == "created" and named["stm.llm-cost.cost"]["state"] == "created"
+    )
+    assert [m["event_name"] for m in fake_stripe.meters()] == ["token-billing-tokens", "llm-cost"]
+    same = cli("setup", "--cost", "--cost-event-name", "token-billing-tokens", *_flags(fake_stripe))
+    assert same.code == 2 and "must differ" in same.err
+    plan = cli("setup", "--cost", "--dry-run", "--json")  # no key: the plan only
+    assert plan.code == 0
+    assert [(s["kind"], s["name"], s["state"]) for s in plan.json()["steps"][-2:]] == [
+        ("meter", "token-billing-cost", "unchecked"),
+        ("price", "stm.token-billing-cost.cost", "unchecked"),
+    ]
+
+
+def test_status_lists_models_without_cost_events(
+    cli: Cli, fake_stripe: Any, tmp_path: Path
+) -> None:
+    """After `setup --cost`, `status` names the models a priced meter could not price."""
+    assert cli("setup", "--cost", *_flags(fake_stripe)).code == 0
+    path = tmp_path / "o.db"
+    plain = TokenMeter(api_key=KEY, api_base=fake_stripe.url, outbox_path=path)
+    plain.record(Usage(model="openai/gpt-4o", customer_id="cus_a", request_id="p0",
+                       input_tokens=5))  # fmt: skip
+    assert plain.flush(10)
+    plain.close()
+    before = cli("status", "--json", "--outbox", str(path))
+    assert before.json()["unpriced_models"] is None  # no meter on this outbox had prices
+    pricing = Pricing({"openai/gpt-4o": {"input": "2.50", "output": "10"}})
+    with TokenMeter(
+        api_key=KEY, api_base=fake_stripe.url, outbox_path=path, pricing=pricing
+    ) as meter:
+        for rid, model in (("p1", "openai/gpt-4o"), ("u1", "mistral/large"), ("u2", "openai/o9")):
+            meter.record(Usage(model=model, customer_id="cus_a", request_id=rid, input_tokens=5))
+        assert meter.flush(10)
+        assert meter.stats()["unpriced_models"] == ["mistral/large", "openai/o9"]
+    data = cli("status", "--json", "--outbox", str(path))
+    assert data.code == 0  # a missing price is said, not a delivery problem
+    assert data.json()["unpriced_models"] == ["mistral/large", "openai/o9"]
+    text = cli("status", "--outbox", str(path)).out
+    assert "Unpriced models mistral/large, openai/o9 (token events but no cost event" in text

@@ -23,8 +23,9 @@ from .errors import (
     TokenMeterError,
 )
 from .events import MeterEvent, build_events, make_identifier
-from .guard import Guard, Hold
+from .guard import Guard, GuardBinding, Hold
 from .meter import TokenMeter
+from .pricing import Pricing, PricingError
 from .settings import check_api_key
 from .usage import Usage
 
@@ -33,6 +34,7 @@ __all__ = [
     "CreditExhausted",
     "CreditGuard",
     "Guard",
+    "GuardBinding",
     "Hold",
     "InvalidCustomer",
     "InvalidDimension",
@@ -43,6 +45,8 @@ __all__ = [
     "MeterEvent",
     "MissingCustomer",
     "OutboxError",
+    "Pricing",
+    "PricingError",
     "TokenMeter",
     "TokenMeterError",
     "Usage",

@@ -50,6 +50,8 @@ class Health:
         """Events this process saw Stripe accept (the worker's own count)."""
         self._warned: set[str] = set()
         self._logged: dict[str, float] = {}
+        self._unpriced: set[str] = set()
+        """Models a priced meter saw without a price (their tokens billed, no cost sent)."""
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -58,6 +60,23 @@ class Health:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counters)
+
+    def note_unpriced(self, model: str) -> None:
+        """A priced meter met `model` without a price: its cost is unknown (said once)."""
+        if model in self._unpriced:
+            return
+        with self._lock:
+            self._unpriced.add(model)
+        self.warn_once(
+            f"unpriced:{model}",
+            f"stripe-token-meter: no price for model {model}: its tokens are billed but no "
+            "cost event is sent (listed in stats()['unpriced_models']); add it to the Pricing",
+        )
+
+    def unpriced(self) -> list[str]:
+        """The models seen without a price, sorted."""
+        with self._lock:
+            return sorted(self._unpriced)
 
     def note_error(self, code: str, message: str, *, delivery: bool = False) -> None:
         """`delivery`: an answer (or no answer) from Stripe, cleared by a later success."""

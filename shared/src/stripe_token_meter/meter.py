@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,10 +26,11 @@ from .aggregate import DEFAULT_GRACE, Aggregation, aggregate_from_env, check_agg
 from .customer import _scope, customer_scope
 from .dimensions import ModelNormalizer, TokenTypes, keep_model, normalize_model
 from .errors import ConfigurationError, CreditExhausted
-from .guard import Guard, Hold
+from .guard import Guard, GuardBinding, Hold
 from .health import Health
 from .intake import Intake, Reader
 from .prepare import Preparer, RawRecord
+from .pricing import Pricing
 from .settings import check_api_key
 from .storage import open_store
 from .usage import Usage, check_customer, check_text
@@ -43,6 +45,9 @@ log = logging.getLogger("stripe_token_meter")
 
 Counts = Literal["disjoint", "openai", "anthropic"]
 
+
+DEFAULT_COST_EVENT_NAME = "token-billing-cost"
+"""The cost events' name when `pricing` is given without `cost_event_name`."""
 
 MIN_RETAIN_DELIVERED = 86_400
 """A day: `stripe-token-meter cancel` needs the row for the 24 h Stripe allows, and a row
@@ -87,6 +92,16 @@ class TokenMeter:
     usage per (customer, model, token type, dimensions, window) and send one event per
     closed window instead of one per call (see `aggregate.py`). A call recorded twice
     (same request id) still counts once; `flush()` and `close()` send open windows early.
+
+    `pricing` (a `Pricing`): each priced call also sends one event named `cost_event_name`
+    (default "token-billing-cost", at most 100 characters, not `event_name`) whose value
+    is the call's marked-up cost in micro-units (1 USD = 1,000,000), with the `model` and
+    the call's dimensions but no `token_type`. Calls of a model without a price are billed
+    in tokens only and listed in `stats()["unpriced_models"]`.
+
+    `guard`: asked before each provider call (`before_call`); if it has `bind`, it is
+    told once where usage is kept and how cost is metered (`GuardBinding`); if it has
+    `record_cost`, it hears of each cost event built; `close()` closes it.
     """
 
     def __init__(
@@ -114,6 +129,8 @@ class TokenMeter:
         retain_delivered: float = 35 * 86400,
         guard: Guard | None = None,
         aggregate_seconds: int | None = None,
+        pricing: Pricing | None = None,
+        cost_event_name: str | None = None,
     ) -> None:
         if api not in ("v2", "v1"):
             raise ConfigurationError(f"api: must be 'v2' or 'v1', got {api!r}")
@@ -129,6 +146,25 @@ class TokenMeter:
             event_name or os.environ.get("STRIPE_METER_EVENT_NAME") or "token-billing-tokens",
             100,
         )
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise ConfigurationError(
+                f"pricing: must be a stripe_token_meter.Pricing, got {type(pricing).__name__}"
+            )
+        if pricing is None and cost_event_name is not None:
+            raise ConfigurationError(
+                "cost_event_name: cost events need prices; pass pricing=Pricing({...}) too"
+            )
+        self.pricing = pricing
+        self.cost_event_name = (
+            None
+            if pricing is None
+            else check_text("cost_event_name", cost_event_name or DEFAULT_COST_EVENT_NAME, 100)
+        )
+        if self.cost_event_name is not None and self.cost_event_name == self.event_name:
+            raise ConfigurationError(
+                f"cost_event_name: must differ from event_name ({self.event_name!r}): cost "
+                "events (micro-units) need their own meter"
+            )
         self.api = api
         self.token_types: TokenTypes = token_types
         self.strict = strict
@@ -162,6 +198,7 @@ class TokenMeter:
             from . import transport  # noqa: F401
         self._outbox_path = outbox_path
         self._guard = guard
+        self._record_cost = _guard_method(guard, "record_cost")
         seconds = (
             check_aggregate_seconds(aggregate_seconds)
             if aggregate_seconds is not None
@@ -183,6 +220,7 @@ class TokenMeter:
             importlib.import_module(module)
         self._setup_process()
         self.closed = False
+        self._bind_guard(base)
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
@@ -200,6 +238,9 @@ class TokenMeter:
             customer_key=self.customer_payload_key,
             value_key=self.value_payload_key,
             health=self._health,
+            pricing=self.pricing,
+            cost_event_name=self.cost_event_name,
+            on_cost=self._record_cost,
         )
         self._intake = Intake(
             self._outbox,
@@ -214,6 +255,25 @@ class TokenMeter:
         )
         self._state_lock = threading.Lock()
         self._worker: Worker | None = None
+
+    def _bind_guard(self, api_base: str | None) -> None:
+        """Tell the guard (once) where usage is kept and how cost is metered."""
+        bind = _guard_method(self._guard, "bind")
+        if bind is None:
+            return
+        try:
+            bind(
+                GuardBinding(
+                    outbox=self._outbox_path,
+                    cost_event_name=self.cost_event_name,
+                    currency=self.pricing.currency if self.pricing is not None else "usd",
+                    api_key=self._key,
+                    api_base=api_base,
+                    stripe_client=self._client,
+                )
+            )
+        except Exception as exc:
+            self.report_adapter_error("guard", exc)
 
     def _make_transport(self) -> Transport:
         # Imported here: the stripe SDK is ~95 % of importing this package, and the local
@@ -498,6 +558,7 @@ class TokenMeter:
             "last_error_at": self._health.last_error_at,
             "last_delivery_error": _error_entry(self._health.last_delivery_error),
             "last_delivered_at": self._health.last_delivered_at,
+            "unpriced_models": self._health.unpriced(),
             "mode": "local" if self.local else self.api,
             "outbox": self._outbox.label,
         }
@@ -527,12 +588,24 @@ class TokenMeter:
                 "stays on disk and the next meter on this outbox takes it",
                 exc,
             )
+        close_guard = _guard_method(self._guard, "close")
+        if close_guard is not None:
+            try:
+                close_guard()
+            except Exception as exc:
+                self.report_adapter_error("guard", exc)
 
     def __enter__(self) -> TokenMeter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _guard_method(guard: object, name: str) -> Callable[..., Any] | None:
+    """The guard's optional hook `name` (see guard.py), if it has a callable one."""
+    method = getattr(guard, name, None) if guard is not None else None
+    return method if callable(method) else None
 
 
 def _close_at_exit(ref: weakref.ReferenceType[TokenMeter]) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 from .customer import resolve_customer
 from .dimensions import ModelNormalizer, TokenTypes
 from .errors import InvalidDimension, InvalidUsage, MissingCustomer
-from .events import MeterEvent, build_events
+from .events import MeterEvent, build_events, make_identifier
 from .health import Health
 from .outbox import Reject
+from .pricing import Pricing
 from .usage import Usage, check_customer, check_timestamp
 
 _CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
@@ -26,6 +27,9 @@ _CONSTRUCTORS: dict[str, Callable[..., Usage]] = {
     "anthropic": Usage.from_anthropic,
 }
 USAGE_FIELDS: tuple[str, ...] = tuple(Usage.__dataclass_fields__)
+COST_TOKEN_TYPE = "cost"
+"""The outbox's token type column of a cost event (its payload has no token_type), so
+reports can tell cost rows (micro-units) from token rows."""
 
 
 @dataclass(slots=True)
@@ -57,6 +61,11 @@ class Preparer:
     health: Health
     reserved: frozenset[str] = frozenset()
     """Payload keys a dimension may not use: set from the keys in `__post_init__`."""
+    pricing: Pricing | None = None
+    """With prices, one more event per priced call: its cost in micro-units."""
+    cost_event_name: str | None = None
+    on_cost: Callable[[str, int], None] | None = None
+    """The guard's `record_cost(customer_id, micros)`, told of each cost event built."""
 
     def __post_init__(self) -> None:
         keys = frozenset({"model", "token_type", self.customer_key, self.value_key})
@@ -104,10 +113,11 @@ class Preparer:
             if usage.timestamp is not None
             else check_timestamp("timestamp", raw.recorded_at)
         )
+        request_id = usage.request_id or raw.request_id or uuid.uuid4().hex
         events = build_events(
             usage,
             customer_id=customer,
-            request_id=usage.request_id or raw.request_id or uuid.uuid4().hex,
+            request_id=request_id,
             timestamp=ts,
             event_name=self.event_name,
             token_types=self.token_types,
@@ -115,6 +125,10 @@ class Preparer:
             customer_key=self.customer_key,
             value_key=self.value_key,
         )
+        if events and self.pricing is not None and self.cost_event_name:
+            cost = self._cost_event(usage, events[0], request_id)
+            if cost is not None:
+                events.append(cost)
         if not events:
             self.health.count("empty")
         elif not (usage.input_tokens or usage.cached_input_tokens or usage.cache_write_tokens) and (
@@ -130,17 +144,77 @@ class Preparer:
             )
         return events
 
+    def _cost_event(self, usage: Usage, first: MeterEvent, request_id: str) -> MeterEvent | None:
+        """The call's cost event (None: unpriced model, counted; or a zero cost).
+
+        Same customer, timestamp, model and dimensions as its token events; the identifier
+        comes from the request id, so a replayed record gives the same one.
+        """
+        assert self.pricing is not None and self.cost_event_name is not None
+        micros = self.pricing.cost_micros(
+            first.model,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            token_types=self.token_types,
+        )
+        if micros is None:
+            self.health.note_unpriced(first.model)
+            return None
+        if micros <= 0:
+            return None
+        payload = {
+            **usage.dimensions,
+            self.customer_key: first.customer_id,
+            self.value_key: str(micros),
+            "model": first.model,
+        }
+        return MeterEvent(
+            identifier=make_identifier(request_id, COST_TOKEN_TYPE, self.cost_event_name),
+            event_name=self.cost_event_name,
+            timestamp=first.timestamp,
+            customer_id=first.customer_id,
+            model=first.model,
+            token_type=COST_TOKEN_TYPE,
+            value=micros,
+            payload=payload,
+        )
+
     def events_or_reject(self, raw: RawRecord, rejects: list[Reject]) -> list[MeterEvent]:
-        """`prepare`, or [] with the record appended to `rejects` (kept, never dropped)."""
+        """`prepare`, or [] with the record appended to `rejects` (kept, never dropped).
+
+        Runs on the worker: the guard's `record_cost` hears of each cost event here (never
+        for a rejected record, nor for `strict`'s check on the caller).
+        """
         try:
-            return self.prepare(raw)
+            events = self.prepare(raw)
         except InvalidUsage as exc:
             rejects.append(self.rejected(exc, raw))
+            return []
         except Exception as exc:  # e.g. a user normaliser that raised: keep the record
             rejects.append(
                 self.rejected(InvalidUsage("record", f"{type(exc).__name__}: {exc}"), raw)
             )
-        return []
+            return []
+        on_cost = self.on_cost
+        if on_cost is not None and self.cost_event_name:
+            for event in events:
+                if event.event_name == self.cost_event_name:
+                    try:
+                        on_cost(event.customer_id, event.value)
+                    except Exception as exc:  # the guard's failure never costs the record
+                        self.health.count("adapter_errors")
+                        self.health.note_error(
+                            "adapter_error", f"guard: {type(exc).__name__}: {exc}"
+                        )
+                        self.health.error_once(
+                            "adapter:guard.record_cost",
+                            "stripe-token-meter: the guard's record_cost failed",
+                            exc,
+                        )
+        return events
 
     def rejected(self, exc: InvalidUsage, raw: RawRecord) -> Reject:
         """The dead-letter row for a record that could not become events."""

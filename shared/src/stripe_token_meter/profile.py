@@ -3,8 +3,8 @@
 A segment's writer may die and another process take the segment over: the next worker
 of the app, but also `stripe-token-meter flush` or a meter configured differently. The
 raw records alone are not enough to bill them as their writer would have: its event
-name, default customer, token types, payload keys, API, ledger mode and aggregation
-shape the events. So every segment starts with a settings frame, and a segment is
+name, default customer, token types, payload keys, API, ledger mode, aggregation and
+pricing (with the cost events' name) shape the events. So every segment starts with a settings frame, and a segment is
 prepared with its own writer's settings, whoever reads it.
 """
 
@@ -18,6 +18,7 @@ from .aggregate import DEFAULT_GRACE, Aggregation
 from .dimensions import ModelNormalizer, keep_model, normalize_model
 from .health import Health
 from .prepare import Preparer
+from .pricing import Pricing
 
 SETTINGS: Final = 3
 """The first element of a settings frame (records are 1 and 2, see intake.py)."""
@@ -62,6 +63,8 @@ def settings_of(profile: Profile) -> tuple[Any, ...]:
             "api": profile.api,
             "local": profile.local,
             "aggregate": None if agg is None else agg.seconds,
+            "pricing": None if p.pricing is None else p.pricing.as_plain(),
+            "cost_event_name": p.cost_event_name if p.pricing is not None else None,
         },
     )
 
@@ -91,6 +94,7 @@ def profile_from(settings: dict[str, Any], own: Profile, health: Health) -> Prof
         return own
     mine = own.preparer
     seconds = settings.get("aggregate")
+    pricing, cost_event_name = _pricing(settings, own, health)
     value_key = str(settings.get("value_key") or mine.value_key)
     return Profile(
         Preparer(
@@ -101,8 +105,28 @@ def profile_from(settings: dict[str, Any], own: Profile, health: Health) -> Prof
             customer_key=str(settings.get("customer_key") or mine.customer_key),
             value_key=value_key,
             health=health,
+            pricing=pricing,
+            cost_event_name=cost_event_name,
+            on_cost=mine.on_cost,  # the guard is the reader's: it spends whoever wrote it
         ),
         api=str(settings.get("api") or own.api),
         local=bool(settings.get("local", own.local)),
         aggregate=None if not seconds else Aggregation(int(seconds), DEFAULT_GRACE, value_key),
     )
+
+
+def _pricing(
+    settings: dict[str, Any], own: Profile, health: Health
+) -> tuple[Pricing | None, str | None]:
+    """The writer's pricing and cost event name. A segment from before pricing existed
+    had none; an unreadable one (a newer writer's format) falls back to the reader's."""
+    plain = settings.get("pricing")
+    name = settings.get("cost_event_name")
+    if plain is None or not isinstance(name, str) or not name:
+        return None, None
+    try:
+        return Pricing.from_plain(plain), name
+    except Exception as exc:
+        health.note_error("journal_settings", f"pricing: {exc!r}")
+        mine = own.preparer
+        return mine.pricing, mine.cost_event_name

@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from ..errors import InvalidUsage
+from ..prepare import COST_TOKEN_TYPE
 from ..usage import check_customer
 from ._config import load_config
 from ._errors import EXIT_OK, CliError
@@ -58,23 +59,32 @@ def _add(into: dict[str, int], status: str, value: int) -> None:
 
 
 def build_report(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """Group `(customer, model, token_type, status, events, tokens)` rows into the report."""
+    """Group `(customer, model, token_type, status, events, tokens)` rows into the report.
+
+    Cost events (`TokenMeter(pricing=...)`) carry micro-units of the currency, not tokens:
+    they are summed apart, under "costs", and never added to a token total.
+    """
     lines: dict[tuple[str, str, str], dict[str, int]] = {}
     customers: dict[str, dict[str, int]] = {}
+    costs: dict[tuple[str, str], dict[str, int]] = {}
     totals = _blank()
     events = _blank()
     for customer, model, token_type, status, n, tokens in rows:
+        _add(events, str(status), int(n))
+        if token_type == COST_TOKEN_TYPE:
+            _add(costs.setdefault((str(customer), str(model)), _blank()), str(status), int(tokens))
+            continue
         key = (str(customer), str(model), str(token_type))
         _add(lines.setdefault(key, _blank()), str(status), int(tokens))
         _add(customers.setdefault(str(customer), _blank()), str(status), int(tokens))
         _add(totals, str(status), int(tokens))
-        _add(events, str(status), int(n))
     return {
         "rows": [
             {"customer": c, "model": m, "token_type": t, **v}
             for (c, m, t), v in sorted(lines.items())
         ],
         "customers": dict(sorted(customers.items())),
+        "costs": [{"customer": c, "model": m, **v} for (c, m), v in sorted(costs.items())],
         "totals": totals,
         "events": events,
     }
@@ -142,6 +152,18 @@ def _print(report: dict[str, Any]) -> None:
         )
         last = r["customer"]
     console.print(table)
+    if report["costs"]:
+        cost = Table(
+            title="Cost (micro-units of the pricing's currency: 1,000,000 = 1 USD)",
+            title_justify="left",
+        )
+        cost.add_column("customer", overflow="fold")
+        cost.add_column("model", overflow="fold")
+        for status in shown:
+            cost.add_column(status, justify="right", no_wrap=True)
+        for r in report["costs"]:
+            cost.add_row(r["customer"], r["model"], *(_n(r[s]) for s in shown))
+        console.print(cost)
     ev = report["events"]
     console.print(
         "events: "

@@ -3,6 +3,7 @@
 Why: getting the meter's payload keys and the metered prices right by hand is where
 integrations go wrong; this creates exactly what TokenMeter sends to, idempotently
 (looked up before created, prices by lookup key), and `--dry-run` shows the plan first.
+`--cost` adds the meter and price for `TokenMeter(pricing=...)`'s cost events.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from typing import Any
 
 from rich.table import Table
 
+from ..errors import InvalidUsage
+from ..meter import DEFAULT_COST_EVENT_NAME
+from ..usage import check_text
 from ._config import Config, load_config
-from ._errors import EXIT_FAILED, EXIT_OK, redact
+from ._cost_meter import ensure_cost_meter, ensure_cost_price
+from ._errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, redact
 from ._output import out, print_json, warn
 from ._provision import Options, Provisioner, Step
 from .pricing import PRICING_MODELS, Pricing, PricingModel, add_pricing_flags
@@ -78,6 +83,19 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="subscribe the --customer-email customers to the pricing model's prices",
     )
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="also create the cost meter and its price (0.0001 cents per micro-unit) for "
+        "TokenMeter(pricing=...)'s cost events",
+    )
+    p.add_argument(
+        "--cost-event-name",
+        default=DEFAULT_COST_EVENT_NAME,
+        metavar="NAME",
+        help=f"the cost meter's event_name (TokenMeter's cost_event_name; default "
+        f"{DEFAULT_COST_EVENT_NAME})",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
     p.set_defaults(func=run)
@@ -96,11 +114,18 @@ def options_from_args(args: argparse.Namespace, models: tuple[PricingModel, ...]
     )
 
 
-def provision(prov: Provisioner, emails: list[str], subscribe: bool) -> list[Step]:
-    """The seed's steps in order: meter, product, prices, then customers and subscriptions."""
+def provision(
+    prov: Provisioner, emails: list[str], subscribe: bool, cost_event_name: str | None = None
+) -> list[Step]:
+    """The seed's steps in order: meter, product, prices (and with `cost_event_name` the
+    cost meter and its price), then customers and subscriptions."""
     prov.ensure_meter()
     prov.ensure_product()
     prov.ensure_prices()
+    if cost_event_name is not None:
+        meter = ensure_cost_meter(prov, cost_event_name)
+        prefix = prov.opts.lookup_prefix or f"stm.{cost_event_name}"
+        ensure_cost_price(prov, meter, prov.opts.pricing.currency, prefix)
     for email in emails:
         prov.ensure_customer(email)
     if subscribe:
@@ -118,8 +143,20 @@ def run(args: argparse.Namespace) -> int:
     client = None
     if cfg.api_key is not None or not args.dry_run:
         client = cfg.client("setup")
+    cost_event_name = None
+    if args.cost:
+        try:
+            cost_event_name = check_text("--cost-event-name", args.cost_event_name, 100)
+        except InvalidUsage as exc:
+            raise CliError(str(exc)) from None
+        if cost_event_name == cfg.event_name:
+            raise CliError(
+                f"--cost-event-name must differ from the tokens meter's event name "
+                f"({cfg.event_name}): cost events need their own meter",
+                EXIT_USAGE,
+            )
     prov = Provisioner(client, cfg, options_from_args(args, models), dry_run=args.dry_run)
-    steps = provision(prov, args.customer_email, args.subscribe)
+    steps = provision(prov, args.customer_email, args.subscribe, cost_event_name)
     failed = any(s.state == "failed" for s in steps)
     if args.json:
         print_json(

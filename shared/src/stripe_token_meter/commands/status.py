@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..prepare import COST_TOKEN_TYPE
 from ..storage import OutboxStore
 from ._config import Config, load_config
 from ._errors import EXIT_FAILED, EXIT_OK, one_line, redact
@@ -70,6 +71,22 @@ def _duration(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected seconds or 30s, 15m, 2h, got {text!r}")
     return value
+
+
+def unpriced_models(rows: list[tuple[str, str, str, str, int, int]]) -> list[str] | None:
+    """Models with token events but no cost event, from `report_rows`; None when the
+    outbox holds no cost event at all (no meter writing to it has `pricing`).
+
+    Derived from what is stored, so it also lists a model priced at zero, one whose
+    calls all cost under half a micro-unit, and one used only before pricing was on.
+    """
+    priced: set[str] = set()
+    used: set[str] = set()
+    for _customer, model, token_type, _status, _n, _v in rows:
+        (priced if token_type == COST_TOKEN_TYPE else used).add(model)
+    if not priced:
+        return None
+    return sorted(used - priced)
 
 
 def collect(
@@ -180,6 +197,7 @@ def collect(
             for code, n, field, message in rejected
         ],
         "adjustments": {str(k): int(v) for k, v in adjustments.items()},
+        "unpriced_models": unpriced_models(outbox.report_rows()),
         "stripe_error_reports": outbox.error_report_counts(),
         "last_error": err,
         "warnings": warnings,
@@ -258,6 +276,12 @@ def _print(d: dict[str, Any]) -> None:
         for row in d["rejected"]:
             table.add_row(row["code"], f"{row['records']:,}", row["message"], row["fix"])
         console.print(table)
+    if d["unpriced_models"]:
+        console.print(
+            f"[bold]Unpriced models[/] {', '.join(d['unpriced_models'])} (token events but no "
+            "cost event: add their prices to the meter's Pricing)",
+            soft_wrap=True,
+        )
     for w in d["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     if d["healthy"]:
