@@ -384,3 +384,110 @@ def test_a_model_whose_cost_never_comes_is_waited_for_once(monkeypatch: Any) -> 
             assert hold is not None
             hold.release()
     assert 0.05 <= time.monotonic() - started < 0.1  # cus_a's second call only
+
+
+# ---------------------------------------------------------------------- with a real TokenMeter
+
+PRICES = {"openai/gpt-4o": {"input": "2.50", "cached_input": "1.25", "output": "10.00"}}
+COST_EVENT = "token-billing-cost"
+
+
+@pytest.mark.parametrize("source", ["dict", "stripe"])
+def test_acceptance_a_dollar_of_credit_stops_a_real_meter_after_96_calls(
+    make_meter: Any, fake_stripe: FakeStripe, source: str
+) -> None:
+    from stripe_token_meter import Pricing, Usage
+
+    fake_stripe.create_meter(COST_EVENT)
+    if source == "stripe":
+        fake_stripe.grant_credit("cus_x", 100)  # $1.00
+        guard = CreditGuard("stripe")
+    else:
+        guard = CreditGuard({"cus_x": "1.00", "cus_broke": "0"})
+    meter = make_meter(
+        pricing=Pricing(PRICES, markup_percent=20), cost_event_name=COST_EVENT, guard=guard
+    )
+    calls = 0
+    with pytest.raises(CreditExhausted) as refused:
+        for i in range(1_000):  # a tight loop: no provider, the worker prices behind it
+            hold = meter.before_call("cus_x", model=MODEL)
+            meter.record(
+                Usage(
+                    model="gpt-4o",
+                    provider="openai",
+                    customer_id="cus_x",
+                    request_id=f"call-{i}",
+                    input_tokens=1_234,
+                    output_tokens=567,
+                )
+            )
+            if hold is not None:
+                hold.release()
+            calls += 1
+    assert calls in (95, 96)
+    assert refused.value.customer_id == "cus_x" and refused.value.remaining <= 0
+    assert meter.flush(30)
+    costs = [e.value for e in fake_stripe.events(event_name=COST_EVENT)]
+    assert costs == [COST] * calls and sum(costs) == calls * COST
+    assert fake_stripe.requests[BALANCE] == (1 if source == "stripe" else 0)
+    with pytest.raises(CreditExhausted):
+        meter.before_call("cus_x", model=MODEL)
+    if source == "stripe":  # a balance must be known to refuse a first call ("allow")
+        fake_stripe.create_customer("cus_broke")
+        guard.prefetch(["cus_broke"])
+        _until(lambda: guard.remaining("cus_broke") is not None)
+    with pytest.raises(CreditExhausted):  # a customer with no credit: the first call
+        meter.before_call("cus_broke", model=MODEL)
+
+
+def test_a_restarted_meter_remembers_what_was_spent(
+    make_meter: Any, fake_stripe: FakeStripe, tmp_path: Path
+) -> None:
+    from stripe_token_meter import Pricing, Usage
+
+    fake_stripe.create_meter(COST_EVENT)
+    outbox = tmp_path / "shared.sqlite3"
+    pricing = Pricing(PRICES, markup_percent=20)
+    first = make_meter(
+        outbox_path=outbox,
+        pricing=pricing,
+        cost_event_name=COST_EVENT,
+        guard=CreditGuard({"cus_x": "1.00"}),
+    )
+    for i in range(90):
+        first.record(
+            Usage(
+                model="gpt-4o",
+                provider="openai",
+                customer_id="cus_x",
+                request_id=f"a-{i}",
+                input_tokens=1_234,
+                output_tokens=567,
+            )
+        )
+    assert first.flush(30)
+    first.close()
+    guard = CreditGuard({"cus_x": "1.00"})
+    second = make_meter(
+        outbox_path=outbox, pricing=pricing, cost_event_name=COST_EVENT, guard=guard
+    )
+    assert guard.wait_loaded(5)
+    assert guard.remaining("cus_x") == Decimal(1_000_000 - 90 * COST) / 1_000_000
+    calls = 0
+    with pytest.raises(CreditExhausted):
+        for i in range(100):
+            hold = second.before_call("cus_x", model=MODEL)
+            second.record(
+                Usage(
+                    model="gpt-4o",
+                    provider="openai",
+                    customer_id="cus_x",
+                    request_id=f"b-{i}",
+                    input_tokens=1_234,
+                    output_tokens=567,
+                )
+            )
+            if hold is not None:
+                hold.release()
+            calls += 1
+    assert calls in (5, 6)  # 90 + 6 = 96 at most, as in one process
