@@ -25,6 +25,7 @@ SCRIPTS = [
     "aggregation.py",
     "outbox_backends.py",
     "limits.py",
+    "guard.py",
 ]
 
 

@@ -331,3 +331,26 @@ def test_a_read_only_store_reads(open_stores: Open) -> None:
     _ids(writer, 2)
     reader = open_stores(readonly=True)
     assert reader.counts()[PENDING] == 2
+
+
+def test_spent_since_sums_a_cost_event_per_customer_except_cancelled(store: OutboxStore) -> None:
+    now = 1_800_000_000
+    cost = "token-billing-cost"
+    store.add(
+        [
+            stored_event("a", event_name=cost, customer="cus_a", value=10_506, timestamp=now),
+            stored_event("b", event_name=cost, customer="cus_a", value=494, timestamp=now + 5),
+            stored_event("c", event_name=cost, customer="cus_b", value=7, timestamp=now + 9),
+            stored_event("old", event_name=cost, customer="cus_a", value=999, timestamp=now - 1),
+            stored_event("tok", customer="cus_a", value=1_234, timestamp=now),
+            stored_event("gone", event_name=cost, customer="cus_b", value=50, timestamp=now),
+        ]
+    )
+    gone = stored_event("gone", event_name=cost, customer="cus_b").identifier
+    assert store.withdraw(gone) is None  # cancelled: never billed, not spent
+    rows = store.claim("w1", 1, 30)
+    store.mark_delivered([r.id for r in rows])  # delivered rows still count
+    assert store.spent_since(cost, now) == {"cus_a": 11_000, "cus_b": 7}
+    assert store.spent_since(cost, now + 6) == {"cus_b": 7}
+    assert store.spent_since(cost, now, now + 5) == {"cus_a": 10_506}  # `until` excluded
+    assert store.spent_since("no-such-event", now) == {}

@@ -6,6 +6,7 @@ meter.record(Usage(customer_id="cus_123", model="openai/gpt-4o",
                    input_tokens=1200, output_tokens=300, request_id="run-1"))
 """
 
+from .credit_guard import CreditGuard
 from .customer import current_customer
 from .dimensions import normalize_model, normalize_provider
 from .errors import (
@@ -31,6 +32,7 @@ from .usage import Usage
 __all__ = [
     "ConfigurationError",
     "CreditExhausted",
+    "CreditGuard",
     "Guard",
     "GuardBinding",
     "Hold",

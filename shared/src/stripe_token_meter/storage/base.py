@@ -234,3 +234,6 @@ class OutboxStore(Protocol):
     def delivered_per_customer_hour(
         self, event_name: str, since: float, customer: str | None = None
     ) -> list[tuple[str, int, int, int]]: ...
+    def spent_since(
+        self, event_name: str, since: float, until: float | None = None
+    ) -> dict[str, int]: ...

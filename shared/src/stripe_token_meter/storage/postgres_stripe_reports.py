@@ -79,3 +79,15 @@ class PostgresStripeReports:
             {"name": event_name, "start": start, "customer": customer},
         )
         return [(str(c), int(h), int(v), int(n)) for c, h, v, n in rows]
+
+    def spent_since(
+        self, event_name: str, since: float, until: float | None = None
+    ) -> dict[str, int]:
+        rows = self._query(
+            "SELECT customer_id, SUM(value) FROM events WHERE event_name = %(name)s"
+            " AND timestamp >= %(since)s AND (%(until)s::double precision IS NULL"
+            " OR timestamp < %(until)s::double precision) AND status <> 'cancelled'"
+            " GROUP BY 1",
+            {"name": event_name, "since": int(since), "until": until},
+        )
+        return {str(c): int(v) for c, v in rows}

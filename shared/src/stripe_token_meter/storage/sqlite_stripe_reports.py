@@ -101,6 +101,23 @@ class SqliteStripeReports:
             )
         ]
 
+    def spent_since(
+        self, event_name: str, since: float, until: float | None = None
+    ) -> dict[str, int]:
+        """Summed value per customer of `event_name` events timed at or after `since` and
+        before `until` (Unix seconds; None: no end), whatever their delivery state except cancelled: what a guard must
+        count as already spent (pending and dead letters were spent too; a cancelled
+        event was withdrawn). Rows pruned after `retain_delivered` are not counted."""
+        return {
+            str(c): int(v)
+            for c, v in self._query(
+                "SELECT customer_id, SUM(value) FROM events WHERE event_name=?"
+                " AND timestamp>=? AND (? IS NULL OR timestamp<?) AND status<>'cancelled'"
+                " GROUP BY 1",
+                (event_name, int(since), until, until),
+            )
+        }
+
 
 def sum_report_counts(texts: Any) -> dict[str, int]:
     """Per-code counts summed over stored reports (each a JSON object of code -> count)."""

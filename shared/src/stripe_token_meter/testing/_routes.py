@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from stripe_token_meter.testing._catalog import CatalogRoutes
+from stripe_token_meter.testing._credits import CreditRoutes
 from stripe_token_meter.testing._meter_events import MeterEventRoutes
 from stripe_token_meter.testing._meters import MeterRoutes
 from stripe_token_meter.testing._model import (
@@ -76,6 +77,11 @@ _STATIC: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/products"): _Route(CatalogRoutes._h_product_list, "v1", "key"),
     ("POST", "/v1/prices"): _Route(CatalogRoutes._h_price_create, "v1", "key"),
     ("GET", "/v1/prices"): _Route(CatalogRoutes._h_price_list, "v1", "key"),
+    ("POST", "/v1/billing/credit_grants"): _Route(CreditRoutes._h_credit_grant_create, "v1", "key"),
+    ("GET", "/v1/billing/credit_grants"): _Route(CreditRoutes._h_credit_grant_list, "v1", "key"),
+    ("GET", "/v1/billing/credit_balance_summary"): _Route(
+        CreditRoutes._h_credit_balance_summary, "v1", "key"
+    ),
     ("POST", "/v2/billing/meter_event_session"): _Route(
         MeterEventRoutes._h_session_create, "v2", "key"
     ),
@@ -112,6 +118,18 @@ _DYNAMIC: list[tuple[str, str, str, _Route]] = [
     ),
     ("GET", "/v1/billing/meters/", "", _Route(MeterRoutes._h_meter_retrieve, "v1", "key")),
     ("POST", "/v1/billing/meters/", "", _Route(MeterRoutes._h_meter_update, "v1", "key")),
+    (
+        "POST",
+        "/v1/billing/credit_grants/",
+        "/void",
+        _Route(CreditRoutes._h_credit_grant_void, "v1", "key"),
+    ),
+    (
+        "GET",
+        "/v1/billing/credit_grants/",
+        "",
+        _Route(CreditRoutes._h_credit_grant_retrieve, "v1", "key"),
+    ),
     ("GET", "/v1/customers/", "", _Route(CatalogRoutes._h_customer_retrieve, "v1", "key")),
     ("DELETE", "/v1/customers/", "", _Route(CatalogRoutes._h_customer_delete, "v1", "key")),
     ("GET", "/v1/products/", "", _Route(CatalogRoutes._h_product_retrieve, "v1", "key")),

@@ -34,6 +34,9 @@ POSTs honour ``Idempotency-Key`` like Stripe: a 2xx answer is replayed for a ret
 (last 50,000 keys). For ``count`` meters the value key is optional and each event counts 1.
 Shape errors in a v2 request (non-string payload values, bad RFC 3339 timestamps, unknown
 fields, more than 100 events) reject the whole request with a 400, as Stripe's schema does.
+Billing credits (``_credits``): credit grants (create, list, retrieve, void) and the
+customer's credit balance summary, the sum of live grants (FakeStripe never invoices, so
+usage never consumes credit); ``grant_credit()`` sets one up without a request.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from stripe_token_meter.testing._catalog import CatalogRoutes
+from stripe_token_meter.testing._credits import CreditRoutes
 from stripe_token_meter.testing._faults import FaultControls, _Fault, _fault_error, _Periodic
 from stripe_token_meter.testing._limits import V1_EVENTS_PATH, Limits, Mode, key_mode, refuse
 from stripe_token_meter.testing._meter_events import MeterEventRoutes
@@ -83,7 +87,9 @@ TEST_WEBHOOK_SECRET = "whsec_test_fakestripe"
 """FakeStripe signs its error-report events with this unless `webhook_secret` is set."""
 
 
-class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls, Webhooks):
+class FakeStripe(
+    MeterEventRoutes, MeterRoutes, CatalogRoutes, CreditRoutes, FaultControls, Webhooks
+):
     """Stripe billing look-alike; start it, point ``stripe.StripeClient`` at ``url``, inspect.
 
     All public methods are thread-safe. Attributes ``limits``, ``latency``, ``session_ttl``,
@@ -131,6 +137,8 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls, We
         self._outgoing: queue.Queue[tuple[str, dict[str, str]]] = queue.Queue()
         self._sender: threading.Thread | None = None
         self._session_modes: dict[str, str] = {}
+        self._credit_grants: dict[str, dict[str, Any]] = {}
+        self._credit_events: list[dict[str, Any]] = []
         self._init_volatile()
 
     def _init_volatile(self) -> None:
@@ -390,7 +398,7 @@ class FakeStripe(MeterEventRoutes, MeterRoutes, CatalogRoutes, FaultControls, We
 
     def reset(self) -> None:
         """Forget events, reports, counters, faults and idempotency; keep customers, meters,
-        products, prices and sessions. Latency and rate limit go back to off."""
+        products, prices, credit grants and sessions. Latency and rate limit go back to off."""
         with self._lock:
             self._init_volatile()
             self.latency = 0.0
