@@ -255,31 +255,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-GUARDED_MODULE = """
-import os
-from decimal import Decimal
-
-from litellm_stripe import StripeLogger, customer_from
-from stripe_token_meter import CreditExhausted, TokenMeter
-
-
-class Budget:
-    def reserve(self, customer_id, model):
-        if customer_id == "cus_broke":
-            raise CreditExhausted(customer_id, Decimal("-1.5"), "usd")
-        return None
-
-
-meter = TokenMeter(
-    api_key="sk_test_fake",
-    api_base=os.environ["STRIPE_API_BASE"],
-    outbox_path=os.environ["STRIPE_TOKEN_METER_OUTBOX"],
-    guard=Budget(),
-)
-logger = StripeLogger(
-    meter, customer_resolver=customer_from("metadata", trust_client_fields=True), metadata_key=None
-)
-"""
+PRICES = '{"prices": {"openai/gpt-4o": {"input": "2.50", "output": "10.00"}}, "markup_percent": 20}'
 
 
 @pytest.mark.timeout(300)
@@ -288,7 +264,9 @@ def test_proxy_answers_402_and_never_calls_the_provider(
 ) -> None:
     import openai
 
-    (tmp_path / "guarded.py").write_text(GUARDED_MODULE)
+    """The proxy as operators deploy it: `litellm_stripe.proxy_logger`, configured by env."""
+    (tmp_path / "prices.json").write_text(PRICES)
+    fake_stripe.create_meter("token-billing-cost")
     config = tmp_path / "config.yaml"
     config.write_text(
         "model_list:\n"
@@ -298,7 +276,7 @@ def test_proxy_answers_402_and_never_calls_the_provider(
         f"      api_base: {server.base_url}\n"
         "      api_key: sk-upstream\n"
         "litellm_settings:\n"
-        "  callbacks: guarded.logger\n"
+        "  callbacks: litellm_stripe.proxy_logger\n"
         "general_settings:\n"
         "  master_key: os.environ/LITELLM_MASTER_KEY\n"
     )
@@ -307,8 +285,13 @@ def test_proxy_answers_402_and_never_calls_the_provider(
         os.environ,
         LITELLM_MASTER_KEY=MASTER_KEY,
         LITELLM_LOCAL_MODEL_COST_MAP="True",
+        STRIPE_API_KEY="sk_test_fake",
         STRIPE_API_BASE=fake_stripe.url,
         STRIPE_TOKEN_METER_OUTBOX=str(tmp_path / "outbox.sqlite3"),
+        STRIPE_CUSTOMER_SOURCE="metadata",
+        STRIPE_TRUST_CLIENT_FIELDS="true",
+        STRIPE_PRICING=str(tmp_path / "prices.json"),
+        STRIPE_CREDIT_GUARD=f'{{"{RICH}": "5.00", "{BROKE}": "0"}}',
     )
     log = (tmp_path / "proxy.log").open("wb")
     cmd = [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
@@ -352,4 +335,55 @@ def test_proxy_answers_402_and_never_calls_the_provider(
     )
     assert meter.flush(30)
     meter.close()
-    assert event_tuples(fake_stripe) == _billed(RICH)
+    tokens = [e for e in fake_stripe.events() if e.event_name == "token-billing-tokens"]
+    assert sorted((e.customer, e.payload["model"], e.payload["token_type"], e.value)
+                  for e in tokens) == _billed(RICH)  # fmt: skip
+    costs = [e for e in fake_stripe.events() if e.event_name == "token-billing-cost"]
+    # (100 x 2.50 + 20 x 10.00) micro-dollars, +20 %
+    assert [(e.customer, e.payload["model"], e.value) for e in costs] == [(RICH, MODEL, 540)]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STRIPE_CREDIT_GUARD": "stripe"}, "STRIPE_CREDIT_GUARD: needs STRIPE_PRICING"),
+        ({"STRIPE_PRICING": "litellm", "STRIPE_CREDIT_GUARD": "[1]"}, "a JSON object"),
+        ({"STRIPE_PRICING": "litellm", "STRIPE_CREDIT_GUARD": "{"}, "STRIPE_CREDIT_GUARD"),
+        (
+            {"STRIPE_PRICING": "litellm", "STRIPE_CREDIT_GUARD": "stripe",
+             "STRIPE_CREDIT_ON_UNAVAILABLE": "maybe"},
+            "STRIPE_CREDIT_ON_UNAVAILABLE: expected allow or deny",
+        ),
+        ({"STRIPE_MARKUP_PERCENT": "20"}, "STRIPE_MARKUP_PERCENT: set STRIPE_PRICING=litellm"),
+    ],
+)  # fmt: skip
+def test_proxy_env_errors_name_the_variable(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    from litellm_stripe._proxy import logger_from_env
+    from stripe_token_meter import ConfigurationError
+
+    env = {"STRIPE_TOKEN_METER_OUTBOX": str(tmp_path / "o.sqlite3"), **env}
+    with pytest.raises(ConfigurationError, match=message):
+        logger_from_env(env)
+
+
+def test_proxy_env_builds_a_priced_guarded_meter(tmp_path: Path) -> None:
+    from litellm_stripe._proxy import logger_from_env
+
+    logger = logger_from_env(
+        {
+            "STRIPE_TOKEN_METER_OUTBOX": str(tmp_path / "o.sqlite3"),
+            "STRIPE_PRICING": "litellm",
+            "STRIPE_MARKUP_PERCENT": "20",
+            "STRIPE_CREDIT_GUARD": f'{{"{BROKE}": "0"}}',
+        }
+    )
+    meter = logger.meter
+    try:
+        assert meter.guarded and meter.pricing is not None
+        assert meter.pricing.cost_micros(MODEL, input_tokens=1234, output_tokens=567) == 10_506
+        with pytest.raises(CreditExhausted):
+            meter.before_call(BROKE, model=MODEL)
+    finally:
+        meter.close()

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from typing import Final
 
-from stripe_token_meter import ConfigurationError, TokenMeter
+from stripe_token_meter import ConfigurationError, CreditGuard, Pricing, TokenMeter
 
 from ._identity import CLIENT_SOURCES, CUSTOMER_KEY, SOURCES, customer_from
 from ._logger import StripeLogger
@@ -51,7 +51,74 @@ ENV_VARS: Final[dict[str, str]] = {
     "STRIPE_DEFAULT_CUSTOMER_ID": "customer billed when no source names one",
     "STRIPE_BILL_CACHE_HITS": "true to bill responses served from LiteLLM's cache",
     "STRIPE_API_BASE": "a Stripe-compatible API address (tests, stripe-mock); default Stripe's",
+    "STRIPE_PRICING": "cost events: a prices file (.json/.toml, Pricing.from_file) or 'litellm' (its cost map)",
+    "STRIPE_MARKUP_PERCENT": "markup on STRIPE_PRICING=litellm prices (default 0; a file sets its own)",
+    "STRIPE_COST_EVENT_NAME": "the cost events' name (default token-billing-cost)",
+    "STRIPE_CREDIT_GUARD": "'stripe' (credit balances) or a JSON object of budgets per customer: "
+    "a customer without credit is answered HTTP 402 (needs STRIPE_PRICING)",
+    "STRIPE_CREDIT_ON_UNAVAILABLE": "allow (default) or deny the calls of a customer whose credit is unknown",
+    "STRIPE_CREDIT_REFRESH_SECONDS": "seconds between credit balance reads per customer (default 60)",
 }
+
+
+def _pricing(env: Mapping[str, str]) -> Pricing | None:
+    raw = (env.get("STRIPE_PRICING") or "").strip()
+    markup = (env.get("STRIPE_MARKUP_PERCENT") or "").strip()
+    if not raw:
+        if markup:
+            raise ConfigurationError("STRIPE_MARKUP_PERCENT: set STRIPE_PRICING=litellm with it")
+        return None
+    if raw.lower() == "litellm":
+        return Pricing.from_litellm(markup_percent=markup or 0)
+    if markup:
+        raise ConfigurationError(
+            "STRIPE_MARKUP_PERCENT: applies to STRIPE_PRICING=litellm; put markup_percent in "
+            f"the prices file {raw} instead"
+        )
+    return Pricing.from_file(raw)
+
+
+def _guard(env: Mapping[str, str], pricing: Pricing | None) -> CreditGuard | None:
+    raw = (env.get("STRIPE_CREDIT_GUARD") or "").strip()
+    if not raw:
+        return None
+    if pricing is None:
+        raise ConfigurationError(
+            "STRIPE_CREDIT_GUARD: needs STRIPE_PRICING, the prices that turn tokens into the "
+            "spending it subtracts from each customer's credit"
+        )
+    source: str | dict[str, str]
+    if raw.lower() == "stripe":
+        source = "stripe"
+    else:
+        try:
+            source = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"STRIPE_CREDIT_GUARD: 'stripe' or a JSON object of budgets ({exc})"
+            ) from None
+        if not isinstance(source, dict):
+            raise ConfigurationError(
+                'STRIPE_CREDIT_GUARD: \'stripe\' or a JSON object, e.g. {"cus_123": "25.00"}'
+            )
+    unavailable = (env.get("STRIPE_CREDIT_ON_UNAVAILABLE") or "allow").strip().lower()
+    if unavailable not in ("allow", "deny"):
+        raise ConfigurationError(
+            f"STRIPE_CREDIT_ON_UNAVAILABLE: expected allow or deny, got {unavailable!r}"
+        )
+    refresh = (env.get("STRIPE_CREDIT_REFRESH_SECONDS") or "60").strip()
+    try:
+        seconds = float(refresh)
+    except ValueError:
+        raise ConfigurationError(
+            f"STRIPE_CREDIT_REFRESH_SECONDS: expected seconds, got {refresh!r}"
+        ) from None
+    return CreditGuard(
+        source,  # type: ignore[arg-type]
+        refresh_seconds=seconds,
+        on_unavailable="deny" if unavailable == "deny" else "allow",
+        currency=pricing.currency,
+    )
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -117,8 +184,12 @@ def logger_from_env(env: Mapping[str, str] | None = None) -> StripeLogger:
         if sources
         else None
     )
+    pricing = _pricing(env)
     meter = TokenMeter(
         api_key=key,
+        pricing=pricing,
+        cost_event_name=(env.get("STRIPE_COST_EVENT_NAME") or "").strip() or None,
+        guard=_guard(env, pricing),
         event_name=(env.get("STRIPE_METER_EVENT_NAME") or "").strip() or None,
         api="v1" if api == "v1" else "v2",
         token_types="detailed" if token_types == "detailed" else "basic",
