@@ -16,6 +16,7 @@ from ..storage import OutboxStore
 from ..testing import FakeStripe
 from ._demo_calls import FrameworkRun
 from ._output import out
+from .demo_spend import SpendRun
 from .pricing import Invoice, Pricing, decimal_str, fmt_money, fmt_rate, invoice
 
 Line = tuple[str, str, str]
@@ -44,6 +45,10 @@ class DemoResult:
     last_call: float | None = None
     delivered_at: float | None = None
     throughput: dict[str, Any] | None = None
+    spend: SpendRun | None = None
+    spend_skipped: str | None = None
+    """Why the spend-control part did not run (langchain-stripe missing); None if it ran
+    or `--no-spend` was given."""
     seconds: float = 0.0
 
     def describe_target(self) -> str:
@@ -183,6 +188,9 @@ class DemoResult:
                 for r in self.runs
             ],
             "skipped": self.skipped,
+            "spend": self.spend.to_json()
+            if self.spend is not None
+            else ({"skipped": self.spend_skipped} if self.spend_skipped else None),
             "problems": self.problems,
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
@@ -223,6 +231,7 @@ def print_result(r: DemoResult) -> None:
             "Stripe aggregates meter events asynchronously: the Dashboard's meter page shows them "
             "within minutes."
         )
+    _spend_lines(r)
     for problem in r.problems:
         console.print(f"[red]problem:[/] {problem}", soft_wrap=True)
     console.print(f"[dim]Done in {r.seconds:.1f} s.[/]")
@@ -279,3 +288,32 @@ def _invoice_table(r: DemoResult) -> None:
         credits += f"\n({fmt_money(inv.credits_applied, cur)} from credits, {fmt_money(inv.credits_left, cur)} left)"
         table.add_row(r.customers[cid], f"{inv.tokens:,}", fmt_money(inv.payg, cur), fixed, credits)
     out().print(table)
+
+
+def _spend_lines(r: DemoResult) -> None:
+    """The spend-control part: calls allowed, the refusal, cost at Stripe, balance requests."""
+    console = out()
+    if r.spend_skipped:
+        console.print(f"[yellow]Spend control skipped[/]: {r.spend_skipped}")
+    s = r.spend
+    if s is None:
+        return
+    cur = s.currency.upper()
+    console.print(
+        f"Spend control: {s.customer_name} ({s.customer_id}) has a "
+        f"{fmt_money(s.grant_minor, s.currency)} credit grant ({s.grant_id}); each "
+        f"LangChain call costs {s.cost_micros:,} micro-{cur} with the markup, counted by "
+        f'CreditGuard(source="stripe").'
+    )
+    refused = (
+        f"call {s.allowed + 1} was refused with CreditExhausted before the model was called "
+        f"(model invoked {s.model_calls} times), remaining {s.remaining} {cur}"
+        if s.refused
+        else "no call was refused"
+    )
+    console.print(f"  {s.allowed} calls allowed; {refused}.")
+    console.print(
+        f"  Cost events at {'FakeStripe' if r.mode == 'fake' else 'Stripe'}: {s.cost_events}, "
+        f"summing {s.cost_sum:,} micro-{cur} ({s.allowed} x {s.cost_micros:,}); "
+        f"balance requests: {s.balance_requests}."
+    )

@@ -3,7 +3,8 @@
 Why: one command that shows the whole path working: FakeStripe (or your Stripe sandbox
 with `--stripe`), a meter, customers and prices made through the real SDK, real
 LangChain / LiteLLM / LlamaIndex calls through the three adapters, delivery, and what
-each customer's invoice would be under the seed's three pricing models.
+each customer's invoice would be under the seed's three pricing models; then spend
+control: a prepaid customer refused once its credit grant is spent (`demo_spend.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ._demo_output import DemoResult, print_result
 from ._errors import EXIT_FAILED, EXIT_OK, CliError
 from ._output import err, print_json
 from ._provision import Options, Provisioner
+from .demo_spend import PREPAID_NAME, run_spend
 from .pricing import PRICING_MODELS, Pricing, add_pricing_flags
 
 FAKE_KEY = "sk_test_stripe_token_meter_demo"
@@ -56,7 +58,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Start FakeStripe in-process (or use --stripe / --api-base), create a "
         "meter, prices and three customers, run real LangChain, LiteLLM and LlamaIndex calls "
         "(their fake models, streaming included) through the adapters, deliver, and print "
-        "what Stripe received and each customer's invoice under three pricing models.",
+        "what Stripe received and each customer's invoice under three pricing models; then "
+        "give a prepaid customer a $0.50 credit grant and show CreditGuard refusing its "
+        "LangChain calls once it is spent (--no-spend to skip).",
     )
     p.add_argument(
         "--stripe",
@@ -79,6 +83,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="FakeStripe only: also time N extra events on a separate throughput meter "
         "(default 2000; 0 to skip)",
+    )
+    p.add_argument(
+        "--no-spend",
+        dest="spend",
+        action="store_false",
+        help="skip the spend-control part (a prepaid customer with a $0.50 credit grant, "
+        "refused by CreditGuard once it is spent)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_pricing_flags(p)
@@ -196,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
                 result.throughput = _burst(target, key, prov, args.burst)
         finally:
             meter.close(timeout=5.0)
+        if args.spend:
+            _spend(prov, target, key, fake, result)
     result.seconds = time.perf_counter() - started
     if args.json:
         print_json(result.to_json())
@@ -232,6 +245,27 @@ def _run_frameworks(
         except Exception as exc:  # a framework version we do not know: say so, go on
             result.problems.append(f"{c.label} failed: {type(exc).__name__}: {exc}")
     result.last_call = time.perf_counter()
+
+
+def _spend(
+    prov: Provisioner, target: Config, key: str, fake: FakeStripe | None, result: DemoResult
+) -> None:
+    """The spend-control part, after the frameworks' delivery so it changes none of their
+    numbers; its failures become problems (exit 1), never a crash of the demo."""
+    err().print(f"[dim]spend control: {PREPAID_NAME}, $0.50 of credit, calls until refused...[/]")
+    try:
+        spend = run_spend(prov, target, key, fake)
+    except CliError as exc:
+        result.problems.append(f"spend control failed: {exc}")
+        return
+    except Exception as exc:  # an SDK or framework version we do not know: say so, go on
+        result.problems.append(f"spend control failed: {type(exc).__name__}: {exc}")
+        return
+    if isinstance(spend, str):
+        result.spend_skipped = spend
+        return
+    result.spend = spend
+    result.problems.extend(spend.problems())
 
 
 def _burst(target: Config, key: str, prov: Provisioner, calls: int) -> dict[str, Any]:
