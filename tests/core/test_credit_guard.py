@@ -288,7 +288,8 @@ def test_on_unavailable_with_stripe_down(fake: FakeStripe, policy: Any) -> None:
     else:
         with pytest.raises(CreditExhausted) as e:
             guard.reserve("cus_x", MODEL)
-        assert e.value.remaining == 0
+        assert e.value.remaining == 0 and e.value.reason is not None
+        assert "Stripe did not give" in str(e.value) and "no credit left" not in str(e.value)
     _until(lambda: guard.stats().get("errors", 0) == 1)
     assert guard.remaining("cus_x") is None
     if policy == "allow":
@@ -432,12 +433,11 @@ def test_acceptance_a_dollar_of_credit_stops_a_real_meter_after_96_calls(
     assert fake_stripe.requests[BALANCE] == (1 if source == "stripe" else 0)
     with pytest.raises(CreditExhausted):
         meter.before_call("cus_x", model=MODEL)
-    if source == "stripe":  # a balance must be known to refuse a first call ("allow")
-        fake_stripe.create_customer("cus_broke")
-        guard.prefetch(["cus_broke"])
-        _until(lambda: guard.remaining("cus_broke") is not None)
-    with pytest.raises(CreditExhausted):  # a customer with no credit: the first call
+    if source == "stripe":
+        fake_stripe.create_customer("cus_broke")  # no grant: no credit
+    with pytest.raises(CreditExhausted):  # refused on its first call, no prefetch needed
         meter.before_call("cus_broke", model=MODEL)
+    assert fake_stripe.requests[BALANCE] == (2 if source == "stripe" else 0)
 
 
 def test_a_restarted_meter_remembers_what_was_spent(
@@ -491,3 +491,50 @@ def test_a_restarted_meter_remembers_what_was_spent(
                 hold.release()
             calls += 1
     assert calls in (5, 6)  # 90 + 6 = 96 at most, as in one process
+
+
+def test_deny_waits_for_a_funded_customers_first_balance(fake: FakeStripe) -> None:
+    """`on_unavailable="deny"` must not refuse a paying customer because its balance was
+    not fetched yet: the first call waits (once, bounded) for Stripe's answer."""
+    fake.grant_credit("cus_paid", 500)
+    guard = CreditGuard("stripe", on_unavailable="deny")
+    guard.bind(_binding(fake))
+    hold = guard.reserve("cus_paid", MODEL)
+    assert hold is not None
+    hold.release()
+    assert guard.remaining("cus_paid") == Decimal(5)
+    assert fake.requests[BALANCE] == 1
+    guard.close()
+
+
+def test_a_restarted_meter_refuses_a_spent_customer_on_its_first_call(
+    make_meter: Any, fake_stripe: FakeStripe, tmp_path: Path
+) -> None:
+    """No window at start-up: the first call waits for the period's spending to load."""
+    from stripe_token_meter import Pricing, Usage
+
+    fake_stripe.create_meter(COST_EVENT)
+    outbox = tmp_path / "shared.sqlite3"
+    pricing = Pricing(PRICES, markup_percent=20)
+    first = make_meter(outbox_path=outbox, pricing=pricing, cost_event_name=COST_EVENT)
+    for i in range(96):  # 96 x 10,506 > $1.00
+        first.record(
+            Usage(
+                model="gpt-4o",
+                provider="openai",
+                customer_id="cus_x",
+                request_id=f"a-{i}",
+                input_tokens=1_234,
+                output_tokens=567,
+            )
+        )
+    assert first.flush(30)
+    first.close()
+    for _ in range(3):  # each restart, at once
+        guard = CreditGuard({"cus_x": "1.00"})
+        meter = make_meter(
+            outbox_path=outbox, pricing=pricing, cost_event_name=COST_EVENT, guard=guard
+        )
+        with pytest.raises(CreditExhausted):
+            meter.before_call("cus_x", model=MODEL)
+        meter.close()

@@ -27,18 +27,20 @@ How the estimate works (all amounts in micro-units of `currency`, 1 USD = 1,000,
 A call is refused (`CreditExhausted`) when `remaining <= 0`, so a customer can overdraw by
 at most the calls in flight plus one.
 
-`reserve` answers from memory (about 1.5 us with `release`, benchmarks/guard.py), with one
-exception, once per customer: when the customer's first call has ended but nothing is
-known yet of what a call costs (the worker prices it a few ms later; a fresh process's
-worker is slower to start) or, with `source="stripe"`, of the customer's balance, the
-customer's next call waits for them, at most `FIRST_CALL_WAIT_SECONDS` (0.5 s). Without
-it a tight loop in a fresh process runs ahead of the worker with nothing reserved.
+`reserve` answers from memory (about 1.5 us with `release`, benchmarks/guard.py), with
+three waits, each once and at most `FIRST_CALL_WAIT_SECONDS` (0.5 s): the process's first
+call waits for the period's spending loaded from the outbox (a restarted process must not
+let a spent customer through); with `source="stripe"` a customer's first call waits for
+its first balance (a customer with no credit must not get one call per process); and a
+customer's second call waits for the first one's cost when nothing is known yet of what a
+call costs (the worker prices it a few ms later). Without them a tight loop in a fresh
+process runs ahead of what the guard knows.
 
 Customers whose credit is unknown: not in the dict, or (`source="stripe"`) not fetched
 yet or Stripe failed. `on_unavailable="allow"` lets their calls through (and, for Stripe,
 fetches the balance in the background); `"deny"` refuses them until a balance is known.
-`reserve` never waits on the network: every Stripe request runs on the guard's own
-thread, at most one per customer per `refresh_seconds` window (plus one sooner when the
+Every Stripe request runs on the guard's own thread (`reserve` only waits for the first
+answer, as above), at most one per customer per `refresh_seconds` window (plus one sooner when the
 estimate falls below 10 % of the last balance, at most once a window, and one at once per
 `handle_event` of a credit grant or alert).
 """
@@ -70,7 +72,14 @@ LOW_BALANCE_FRACTION: Final = Decimal("0.1")
 MIN_LOW_REFRESH_SECONDS: Final = 1.0
 """An early (low-balance) refresh never follows the previous request sooner than this."""
 FIRST_CALL_WAIT_SECONDS: Final = 0.5
-"""Longest a customer's second call waits for its first to be accounted for (`reserve`)."""
+"""Longest `reserve` waits, once each: for the spending a restarted process loads from the
+outbox (the first call of all), for a customer's first balance (`source="stripe"`, its
+first call) and for its first call's cost (its second call)."""
+_UNKNOWN_BALANCE: Final = (
+    "has a credit balance Stripe did not give (yet), and the guard refuses such calls "
+    "(on_unavailable='deny')"
+)
+_NOT_LISTED: Final = "has no budget in the guard's source, and on_unavailable='deny'"
 RETRY_SECONDS: Final = 5.0
 """A failed balance request is retried after this (or `refresh_seconds`, if shorter)."""
 _MAX_SLEEP: Final = 60.0
@@ -133,6 +142,7 @@ class _Account:
 
     __slots__ = (
         "answered",
+        "asked",
         "awaiting",
         "awaiting_total",
         "balance",
@@ -164,6 +174,8 @@ class _Account:
         self.answered = credit is not None
         """A balance request was answered (or failed): nothing to wait for."""
         self.waited = False
+        self.asked = False
+        """The customer's first call waited for its first balance answer (once)."""
         self.unknown_released = 0
         """Of those, the calls already released: their cost is being priced right now."""
         self.unknown = 0
@@ -267,6 +279,7 @@ class CreditGuard:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._loaded = threading.Event()
+        self._load_waited = False
         self._counts: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ caller's thread
@@ -284,14 +297,24 @@ class CreditGuard:
         with self._lock:
             if self._thread is None:  # period roll-over and balance requests
                 self._start_thread()
+            if not self._load_waited and self._binding is not None:
+                self._load_waited = True
+                self._await(self._loaded.is_set)
             acc = self._accounts.get(customer_id)
             if acc is None:
                 if not self._stripe:
                     if self._deny:
                         self._counts["refused"] += 1
-                        raise CreditExhausted(customer_id, Decimal(0), self._currency)
+                        raise CreditExhausted(
+                            customer_id, Decimal(0), self._currency, reason=_NOT_LISTED
+                        )
                     return None
                 acc = self._accounts[customer_id] = _Account(None)
+            if self._stripe and not acc.asked and not acc.answered:
+                acc.asked = True
+                self._want(acc, customer_id, now)
+                self._await(lambda: acc.answered)
+                now = time.monotonic()
             if acc.unknown_released and not acc.waited:
                 acc.waited = True
                 self._await_first_call(acc, model)
@@ -303,7 +326,9 @@ class CreditGuard:
             if credit is None:
                 if self._deny:
                     self._counts["refused"] += 1
-                    raise CreditExhausted(customer_id, Decimal(0), self._currency)
+                    raise CreditExhausted(
+                        customer_id, Decimal(0), self._currency, reason=_UNKNOWN_BALANCE
+                    )
                 remaining = None
             else:
                 if acc.awaiting and acc.awaiting[0][0] <= now:
@@ -334,6 +359,16 @@ class CreditGuard:
             else:
                 acc.unknown += 1
         return _Hold(self, acc, model, amount)
+
+    def _await(self, ready: Callable[[], bool]) -> bool:
+        """Wait (lock released) until `ready()`, at most `FIRST_CALL_WAIT_SECONDS`."""
+        if ready():
+            return True
+        self._cost_waiters += 1
+        try:
+            return self._cost_arrived.wait_for(ready, FIRST_CALL_WAIT_SECONDS)
+        finally:
+            self._cost_waiters -= 1
 
     def _await_first_call(self, acc: _Account, model: str | None) -> None:
         """Wait (lock released) until a cost for this customer or model and, for Stripe,
@@ -590,7 +625,10 @@ class CreditGuard:
         except Exception as exc:  # an unreadable outbox must not stop the guard
             log.warning("CreditGuard: could not load this period's spending: %s", exc)
         finally:
-            self._loaded.set()
+            with self._lock:
+                self._loaded.set()
+                if self._cost_waiters:
+                    self._cost_arrived.notify_all()
 
     def _stripe_client(self) -> stripe.StripeClient | None:
         if self._client is not None:

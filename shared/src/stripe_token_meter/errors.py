@@ -99,11 +99,15 @@ class CreditExhausted(TokenMeterError):
     """HTTP's Payment Required: what a server should answer, and what LiteLLM's Router
     reads to raise the error at once instead of retrying it."""
 
-    def __init__(self, customer_id: str, remaining: Decimal, currency: str) -> None:
+    def __init__(
+        self, customer_id: str, remaining: Decimal, currency: str, *, reason: str | None = None
+    ) -> None:
         self.customer_id = customer_id
         self.remaining = remaining
         self.currency = currency
+        self.reason = reason
+        """Why, when it is not a spent credit (e.g. a balance Stripe could not give)."""
+        why = reason or f"has no credit left ({remaining} {currency.upper()} remaining)"
         super().__init__(
-            f"customer {customer_id} has no credit left ({remaining} {currency.upper()} "
-            "remaining); the call was not made and nothing was billed"
+            f"customer {customer_id} {why}; the call was not made and nothing was billed"
         )
