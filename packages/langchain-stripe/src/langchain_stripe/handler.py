@@ -8,16 +8,22 @@ model normalisation and delivery happen on the meter's worker thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from typing import Any, Final
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
-from stripe_token_meter import CreditExhausted, InvalidUsage, TokenMeter, current_customer
-from stripe_token_meter.guard import Hold
-from stripe_token_meter.usage import check_customer, check_dimensions
+from stripe_token_meter import CreditExhausted, TokenMeter, current_customer
+from stripe_token_meter.adapter_kit import (
+    CUSTOMER_KEY,
+    DIMENSIONS_KEY,
+    AdapterKit,
+    AdapterOptions,
+    InFlight,
+    call_customer,
+    merge_dimensions,
+)
 
 from ._usage import (
     CACHE_HIT,
@@ -39,8 +45,8 @@ from ._usage import (
 CustomerResolver = Callable[[Mapping[str, Any]], "str | None"]
 """Maps a run's LangChain metadata (e.g. your own `user_id`) to a Stripe customer id."""
 
-CUSTOMER_KEY: Final = "stripe_customer_id"
-DIMENSIONS_KEY: Final = "stripe_dimensions"
+__all__ = ["CUSTOMER_KEY", "DIMENSIONS_KEY", "CustomerResolver", "StripeCallbackHandler"]
+
 SOURCE: Final = "langchain-stripe"
 MISSING_USAGE_FIX: Final = (
     "pass stream_usage=True to ChatOpenAI (or model_kwargs stream_options include_usage)"
@@ -57,10 +63,11 @@ _Run = tuple["str | None", "str | None", "tuple[Any, Any, Any] | None", Any, int
 class StripeCallbackHandler(BaseCallbackHandler):
     """Bills each LLM run's tokens to a Stripe customer through `meter`.
 
-    Customer, most specific first: `config["metadata"]["stripe_customer_id"]`, then
+    Customer, most specific first: `config["metadata"][CUSTOMER_KEY]`, then
     `customer_resolver(metadata)`, then a `meter.customer()` scope active when the LLM
     run started, then this handler's `customer_id`, then the meter's default.
-    Extra dimensions: `dimensions` merged with `config["metadata"]["stripe_dimensions"]`.
+    Extra dimensions: `dimensions` merged with `config["metadata"][DIMENSIONS_KEY]`
+    (`stripe_token_meter.adapter_kit` holds the keys and the rules).
     Provider of the `model` dimension: see `_usage.billing_provider` (never a class name).
 
     With `TokenMeter(guard=...)` the start callback asks `meter.before_call()` for that
@@ -86,16 +93,36 @@ class StripeCallbackHandler(BaseCallbackHandler):
     ) -> None:
         super().__init__()
         self.meter = meter
-        self.customer_id = check_customer("customer_id", customer_id) if customer_id else None
-        self.dimensions: dict[str, str] = check_dimensions(dimensions)
+        options = AdapterOptions.check(
+            customer_id=customer_id, dimensions=dimensions, max_tracked=MAX_OPEN_RUNS
+        )
+        self._kit = AdapterKit(meter, options, SOURCE)
         self.customer_resolver = customer_resolver
         # LangChain re-raises handler errors only for raise_error handlers: the meter's
-        # strict mode (invalid usage must reach the caller) and a guarded meter
+        # strict mode (the kit's strict rule: errors reach the caller) and a guarded meter
         # (`CreditExhausted` must stop the call). Every other error is contained here.
-        self._guarded = has_guard(meter)
+        self._guarded = self._kit.guarded
         self.raise_error = meter.strict or self._guarded
-        self._runs: dict[UUID, _Run] = {}
-        self._holds: dict[UUID, Hold] = {}
+        # A run whose end never comes is forgotten, oldest first (the kit's one rule).
+        self._runs: InFlight[UUID, _Run] = InFlight(options.max_tracked)
+
+    @property
+    def customer_id(self) -> str | None:
+        """The handler's customer, below a `meter.customer()` scope (see the class doc)."""
+        return self._kit.options.customer_id
+
+    @customer_id.setter
+    def customer_id(self, value: str | None) -> None:
+        # An app may re-point one handler per request: checked like the constructor's.
+        old = self._kit.options
+        self._kit.options = AdapterOptions.check(
+            customer_id=value, dimensions=old.dimensions, max_tracked=old.max_tracked
+        )
+
+    @property
+    def dimensions(self) -> Mapping[str, str]:
+        """The handler's extra dimensions, under each run's own."""
+        return self._kit.options.dimensions
 
     # Chains, tools, agents and retrievers never carry tokens: skip their events entirely.
     @property
@@ -126,7 +153,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
     @property
     def open_holds(self) -> int:
         """Guard reservations of runs not yet ended (0 when idle)."""
-        return len(self._holds)
+        return self._kit.open_holds
 
     # -- start: note the run --------------------------------------------------------------
 
@@ -161,71 +188,48 @@ class StripeCallbackHandler(BaseCallbackHandler):
     ) -> None:
         try:
             meta = metadata or {}
-            customer = meta.get(CUSTOMER_KEY)
+            customer: Any = call_customer(meta)
             resolver = self.customer_resolver
-            if not customer and resolver is not None:
+            if customer is None and resolver is not None:
                 customer = self._resolve(resolver, meta)
             if not customer:
                 # The scope as seen by this run, not by whatever thread ends it.
                 customer = current_customer()
-            dims: Any = self.dimensions
-            extra = meta.get(DIMENSIONS_KEY)
-            if extra:
-                # Not a mapping: passed on as is, so the core dead-letters it with the reason.
-                dims = {**dims, **extra} if isinstance(extra, Mapping) else extra
+            dims = merge_dimensions(self._kit.options, meta.get(DIMENSIONS_KEY))
             params = kwargs.get("invocation_params") or {}
             model = meta.get("ls_model_name") or params.get("model") or params.get("model_name")
             ident = serialized.get("id") if serialized else None
             cls_name = ident[-1] if isinstance(ident, list) and ident else None
             provider = (meta.get("ls_provider"), cls_name, params.get("_type"))
-            runs = self._runs
-            if len(runs) >= MAX_OPEN_RUNS:
-                with suppress(KeyError, RuntimeError, StopIteration):
-                    del runs[next(iter(runs))]  # the oldest
-            runs[run_id] = (customer, model, provider, dims, kwargs.get("batch_size") or 1)
+            self._runs.put(run_id, (customer, model, provider, dims, kwargs.get("batch_size") or 1))
             if self._guarded:
-                self._reserve(run_id, customer, model, provider)
+                who = customer if isinstance(customer, str) else None
+                named = noted_provider(*provider) or ""
+                self._kit.reserve(run_id, who, model=model, provider=named)
         except CreditExhausted:
             # raise_error is set: LangChain re-raises it as is, before the provider call.
-            self._runs.pop(run_id, None)
+            self._runs.pop(run_id)
             raise
         except Exception as exc:
-            self._failed(exc)
-
-    def _reserve(
-        self, run_id: UUID, customer: Any, model: Any, provider: tuple[Any, Any, Any]
-    ) -> None:
-        """Ask the meter's guard before the provider is called; keep the run's hold."""
-        who = customer if isinstance(customer, str) and customer else self.customer_id
-        named = model if isinstance(model, str) and model else None
-        hold = self.meter.before_call(who, model=named, provider=noted_provider(*provider) or "")
-        if hold is not None:
-            holds = self._holds
-            if len(holds) >= MAX_OPEN_RUNS:
-                with suppress(KeyError, RuntimeError, StopIteration):
-                    _release(holds.pop(next(iter(holds))))  # the oldest: its end was lost
-            holds[run_id] = hold
-
-    def _release(self, run_id: UUID) -> None:
-        if self._holds:
-            hold = self._holds.pop(run_id, None)
-            if hold is not None:
-                _release(hold)
+            self._kit.failed("on_llm_start", exc)
 
     def _resolve(self, resolver: CustomerResolver, meta: Mapping[str, Any]) -> Any:
         """The app's resolver; if it fails the run still bills (scope, handler, default)."""
         try:
             return resolver(meta)
         except Exception as exc:
-            self._failed(exc)
+            self._kit.failed("customer_resolver", exc)
             return None
+
+    def _no_run(self) -> _Run:
+        """A run whose start was not seen (or was evicted): the handler's defaults."""
+        return (None, None, None, merge_dimensions(self._kit.options, None), 1)
 
     # -- end: one record per run -----------------------------------------------------------
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self._release(run_id)
-        # A run whose start was not seen (or was evicted) bills with the handler's defaults.
-        run = self._runs.pop(run_id, None) or (None, None, None, self.dimensions, 1)
+        self._kit.release(run_id)
+        run = self._runs.pop(run_id) or self._no_run()
         try:
             message = only_message(response)
             usage = getattr(message, "usage_metadata", None)
@@ -265,12 +269,12 @@ class StripeCallbackHandler(BaseCallbackHandler):
             reported = response_provider(response)
             self.meter.record(**_arguments(found, model, reported, run_id, run, self.customer_id))
         except Exception as exc:
-            self._failed(exc)
+            self._kit.failed("on_llm_end", exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         # Also a cancelled run or an abandoned stream (LangChain reports BaseException).
-        self._release(run_id)
-        run = self._runs.pop(run_id, None) or (None, None, None, self.dimensions, 1)
+        self._kit.release(run_id)
+        run = self._runs.pop(run_id) or self._no_run()
         try:
             # Failed calls are billed only for usage the provider did report (a partial
             # stream's, or one in the error's body): never estimated.
@@ -284,7 +288,7 @@ class StripeCallbackHandler(BaseCallbackHandler):
                     **_arguments(found, model, reported, run_id, run, self.customer_id)
                 )
         except Exception as exc:
-            self._failed(exc)
+            self._kit.failed("on_llm_error", exc)
 
     @staticmethod
     def _read_message(
@@ -301,22 +305,6 @@ class StripeCallbackHandler(BaseCallbackHandler):
             return None  # replayed from LangChain's cache: the provider was not called
         found: Found = ("openai", from_usage_metadata(usage))
         return _arguments(found, model, reported, run_id, run, fallback_customer_id)
-
-    def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, InvalidUsage) and self.meter.strict:
-            raise exc
-        self.meter.report_adapter_error(SOURCE, exc)
-
-
-def has_guard(meter: TokenMeter) -> bool:
-    """Whether `meter` was built with a guard; without one the start handler stays as cheap as before."""
-    return meter.guarded
-
-
-def _release(hold: Hold) -> None:
-    """`Hold.release()` never raises by contract; a broken guard must not break the run."""
-    with suppress(Exception):
-        hold.release()
 
 
 def _arguments(

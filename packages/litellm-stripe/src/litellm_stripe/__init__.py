@@ -2,12 +2,12 @@
 
     import litellm
     from stripe_token_meter import TokenMeter
-    from litellm_stripe import StripeLogger
+    from litellm_stripe import CUSTOMER_KEY, StripeLogger
 
     meter = TokenMeter()
     litellm.callbacks = [StripeLogger(meter)]
     litellm.completion(model="openai/gpt-4o", messages=[...],
-                       metadata={"stripe_customer_id": "cus_123"})
+                       metadata={CUSTOMER_KEY: "cus_123"})
 
 Proxy (`config.yaml`): `litellm_settings: {callbacks: litellm_stripe.proxy_logger}`,
 configured from `STRIPE_*` environment variables (see `logger_from_env`).

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from stripe_token_meter import ConfigurationError
+from stripe_token_meter.adapter_kit import CUSTOMER_KEY
 
-CUSTOMER_KEY: Final = "stripe_customer_id"
-"""The metadata key that names a call's Stripe customer."""
+__all__ = ["CUSTOMER_KEY", "CallIdentity", "CustomerResolver", "customer_from"]
 
 CustomerResolver = Callable[["CallIdentity"], "str | None"]
 """`(identity) -> "cus_..." | None`; None lets the next source in precedence decide."""
@@ -88,9 +88,9 @@ def customer_from(
 ) -> CustomerResolver:
     """A resolver that tries `sources` in order and returns the first customer found.
 
-    Sources: `key_metadata` and `team_metadata` (`stripe_customer_id` stored on the
-    virtual key / team by an admin), `user_api_key_user_id`, `team`, `key_alias` (set
-    by the proxy from the key), and the client-supplied `metadata` (`stripe_customer_id`
+    Sources: `key_metadata` and `team_metadata` (the customer under `CUSTOMER_KEY`
+    stored on the virtual key / team by an admin), `user_api_key_user_id`, `team`, `key_alias` (set
+    by the proxy from the key), and the client-supplied `metadata` (`CUSTOMER_KEY`
     in the request metadata), `end_user`, `user`.
 
     A value is used as the customer id as it is, or looked up in `customer_map` when one

@@ -53,17 +53,24 @@ from typing import Any, Final
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from stripe_token_meter import CreditExhausted, TokenMeter, current_customer
-from stripe_token_meter.guard import Hold
-from stripe_token_meter.usage import check_customer, check_dimensions
+from stripe_token_meter.adapter_kit import (
+    CUSTOMER_KEY,
+    DIMENSIONS_KEY,
+    AdapterKit,
+    AdapterOptions,
+    InFlight,
+    call_customer,
+    merge_dimensions,
+)
 
 from . import _extract as ex
-from ._identity import CUSTOMER_KEY, CallIdentity, CustomerResolver
+from ._identity import CallIdentity, CustomerResolver
 
 log = logging.getLogger("litellm_stripe")
 
+__all__ = ["DIMENSIONS_KEY", "StripeLogger"]
+
 SOURCE: Final = "litellm-stripe"
-DIMENSIONS_KEY: Final = "stripe_dimensions"
-"""Per-call extra dimensions in the call's metadata (`{"feature": "chat"}`)."""
 _NO_USAGE_FIX: Final = (
     "make sure the provider returns usage; for OpenAI-compatible streams pass "
     'stream_options={"include_usage": True}'
@@ -111,87 +118,6 @@ class _CallLog:
         return len(self._calls)
 
 
-class _BoundedMap:
-    """Calls in flight: call id -> captured customer scope; the oldest dropped past `maxlen`."""
-
-    def __init__(self, maxlen: int) -> None:
-        self._items: OrderedDict[str, str | None] = OrderedDict()
-        self._lock = threading.Lock()
-        self._max = maxlen
-
-    def put(self, key: str, value: str | None) -> None:
-        with self._lock:
-            self._items[key] = value
-            if len(self._items) > self._max:
-                self._items.popitem(last=False)
-
-    def get(self, key: str | None) -> str | None:
-        return None if key is None else self._items.get(key)
-
-    def pop(self, key: str | None) -> None:
-        if key is not None and key in self._items:
-            with self._lock:
-                self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class _NoHold:
-    """Marks a call already asked about whose guard returned no hold."""
-
-    def release(self) -> None:
-        pass
-
-
-_NO_HOLD: Final = _NoHold()
-
-
-class _Holds:
-    """Calls in flight: call id -> the guard's hold; the oldest released past `maxlen`.
-
-    Bounded so a call whose end LiteLLM never reports (an abandoned stream) cannot keep
-    its reservation for good.
-    """
-
-    def __init__(self, maxlen: int) -> None:
-        self._items: OrderedDict[str, Hold] = OrderedDict()
-        self._lock = threading.Lock()
-        self._max = maxlen
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    def put(self, key: str, hold: Hold) -> None:
-        with self._lock:
-            self._items[key] = hold
-            evicted = self._items.popitem(last=False)[1] if len(self._items) > self._max else None
-        if evicted is not None:
-            _release(evicted)
-
-    def release(self, key: str | None) -> None:
-        if key is None or key not in self._items:
-            return
-        with self._lock:
-            hold = self._items.pop(key, None)
-        if hold is not None:
-            _release(hold)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-def _release(hold: Hold) -> None:
-    """`Hold.release()` never raises by contract; a broken guard must not break the call."""
-    with contextlib.suppress(Exception):
-        hold.release()
-
-
-def has_guard(meter: TokenMeter) -> bool:
-    """Whether `meter` was built with a guard; without one the hooks return at once."""
-    return meter.guarded
-
-
 class StripeLogger(CustomLogger):
     """Bills every successful LiteLLM call's tokens to a Stripe customer through `meter`.
 
@@ -200,8 +126,8 @@ class StripeLogger(CustomLogger):
     `embedding` (input tokens only) and `responses`. Failed calls and cache hits are not
     billed (`bill_cache_hits=True` bills cache hits).
 
-    Customer, first that applies: the call's metadata `stripe_customer_id`
-    (`metadata_key`; None ignores call metadata, as the proxy logger does) ->
+    Customer, first that applies: the customer named in the call's metadata
+    (under `metadata_key`, the kit's `CUSTOMER_KEY`; None ignores call metadata, as the proxy logger does) ->
     `customer_resolver(CallIdentity)` -> `meter.customer()` scope around the call ->
     `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
     `missing_customer`.
@@ -225,7 +151,7 @@ class StripeLogger(CustomLogger):
     def __new__(cls, meter: Any = None, *args: Any, **kwargs: Any) -> StripeLogger:
         # A guarded meter gets the subclass with the pre-call hooks (see `_GuardedStripeLogger`).
         # `meter` is optional here only so copy/pickle (`cls.__new__(cls)`) keep working.
-        if cls is StripeLogger and isinstance(meter, TokenMeter) and has_guard(meter):
+        if cls is StripeLogger and isinstance(meter, TokenMeter) and meter.guarded:
             cls = _GuardedStripeLogger
         return super().__new__(cls)
 
@@ -250,11 +176,11 @@ class StripeLogger(CustomLogger):
             )
         if customer_resolver is not None and not callable(customer_resolver):
             raise TypeError("customer_resolver: expected a callable taking a CallIdentity")
-        if max_tracked < 1:
-            raise ValueError("max_tracked: must be at least 1")
+        options = AdapterOptions.check(
+            customer_id=customer_id, dimensions=dimensions, max_tracked=max_tracked
+        )
         self.meter = meter
-        self.customer_id = check_customer("customer_id", customer_id) if customer_id else None
-        self.dimensions: dict[str, str] = check_dimensions(dimensions)
+        self._kit = AdapterKit(meter, options, SOURCE)
         self.customer_resolver = customer_resolver
         self.bill_cache_hits = bill_cache_hits
         self.metadata_key = metadata_key
@@ -271,9 +197,8 @@ class StripeLogger(CustomLogger):
         self._thread_path: _ThreadPath | None = _ThreadPath(self) if thread_fallback else None
         self._thread_path_added = False
         self._billed = _CallLog(max_tracked)
-        self._calls = _BoundedMap(max_tracked)
-        self._guarded = has_guard(meter)
-        self._holds = _Holds(max_tracked)
+        # call id -> the customer scope captured when the call started (the kit's one rule).
+        self._calls: InFlight[str, str | None] = InFlight(max_tracked)
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -287,6 +212,23 @@ class StripeLogger(CustomLogger):
             ),
             0,
         )
+
+    @property
+    def customer_id(self) -> str | None:
+        """The logger's customer, below a `meter.customer()` scope (see the class doc)."""
+        return self._kit.options.customer_id
+
+    @customer_id.setter
+    def customer_id(self, value: str | None) -> None:
+        old = self._kit.options
+        self._kit.options = AdapterOptions.check(
+            customer_id=value, dimensions=old.dimensions, max_tracked=old.max_tracked
+        )
+
+    @property
+    def dimensions(self) -> Mapping[str, str]:
+        """The logger's extra dimensions, under each call's own."""
+        return self._kit.options.dimensions
 
     def stats(self) -> dict[str, int]:
         """This logger's counters (delivery is in `meter.stats()`).
@@ -305,7 +247,7 @@ class StripeLogger(CustomLogger):
         with self._counts_lock:
             out = dict(self._counts)
         out["in_flight"] = len(self._calls)
-        out["holds"] = len(self._holds)
+        out["holds"] = self._kit.open_holds
         return out
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -385,9 +327,9 @@ class StripeLogger(CustomLogger):
             self._count("failures")
             if isinstance(kwargs, Mapping):
                 cid = ex.call_id(kwargs)
-                self._calls.pop(cid)
-                if self._guarded:
-                    self._holds.release(cid)
+                if cid is not None:
+                    self._calls.pop(cid)
+                    self._kit.release(cid)
         except Exception as exc:
             self._failed("log_failure_event", exc)
 
@@ -400,9 +342,9 @@ class StripeLogger(CustomLogger):
             if isinstance(kwargs, Mapping):
                 with contextlib.suppress(Exception):
                     cid = ex.call_id(kwargs)
-                    self._calls.pop(cid)
-                    if self._guarded:
-                        self._holds.release(cid)
+                    if cid is not None:
+                        self._calls.pop(cid)
+                        self._kit.release(cid)
 
     def _record(self, kwargs: Any, response_obj: Any, end_time: Any) -> None:
         if not isinstance(kwargs, Mapping):
@@ -431,7 +373,8 @@ class StripeLogger(CustomLogger):
             return
         counts, fields = found
         metadata = ex.call_metadata(kwargs)
-        customer = self._customer(kwargs, slo, metadata, self._calls.get(cid))
+        captured = self._calls.get(cid) if cid is not None else None
+        customer = self._customer(kwargs, slo, metadata, captured)
         rid = None
         if cid is not None:
             rid = self._billed.claim(cid, start)
@@ -470,8 +413,8 @@ class StripeLogger(CustomLogger):
     ) -> Any:
         """The call's customer, or None to let the meter fall back (handler, default)."""
         if self.metadata_key is not None:
-            named = metadata.get(self.metadata_key)
-            if named is not None and named != "":
+            named = call_customer(metadata, self.metadata_key)
+            if named is not None:
                 return named  # validated by the core: a bad id is dead-lettered, never rerouted
         if self.customer_resolver is not None:
             # The resolver maps the call's own identity: like metadata, it is the call's
@@ -487,13 +430,10 @@ class StripeLogger(CustomLogger):
             return captured
         return current_customer()
 
-    def _dimensions(self, metadata: Mapping[str, Any]) -> dict[str, str]:
-        if self.metadata_key is None:
-            return self.dimensions
-        extra = metadata.get(DIMENSIONS_KEY)
-        if not isinstance(extra, Mapping) or not extra:
-            return self.dimensions
-        return {**self.dimensions, **extra}
+    def _dimensions(self, metadata: Mapping[str, Any]) -> Any:
+        """The logger's dimensions under the call's own (none read without `metadata_key`)."""
+        per_call = metadata.get(DIMENSIONS_KEY) if self.metadata_key is not None else None
+        return merge_dimensions(self._kit.options, per_call)
 
     def _warn_missing_customer(self, identity: CallIdentity) -> None:
         """Once: the core's `missing_customer` advice names the SDK's sources, not the
@@ -511,10 +451,8 @@ class StripeLogger(CustomLogger):
         )
 
     def _failed(self, where: str, exc: Exception) -> None:
-        if self.meter.strict:
-            raise exc
-        with contextlib.suppress(Exception):
-            self.meter.report_adapter_error(f"{SOURCE} {where}", exc)
+        """The kit's containment: counted in `meter.stats()`; a strict meter re-raises."""
+        self._kit.failed(where, exc)
 
     def __repr__(self) -> str:
         return (
@@ -540,21 +478,18 @@ class _GuardedStripeLogger(StripeLogger):
             if ctype is not None and ctype not in self.call_types:
                 return None
             cid = ex.call_id(kwargs)
-            if cid is not None and cid in self._holds:
+            if cid is not None and self._kit.reserved(cid):
                 return None  # asked already (the proxy's pre-call hook, or a retry)
             view = _request_view(kwargs)
             metadata = ex.call_metadata(view)
             customer = self._customer(view, {}, metadata, None)
             model = kwargs.get("model")
-            hold = self.meter.before_call(
-                _text(customer) or self.customer_id,
-                model=model if isinstance(model, str) and model else None,
+            self._kit.reserve(
+                cid,
+                _text(customer),
+                model=model if isinstance(model, str) else None,
                 provider=ex.provider(kwargs, {}) or "",
             )
-            if cid is not None:
-                self._holds.put(cid, hold if hold is not None else _NO_HOLD)
-            elif hold is not None:
-                _release(hold)  # no id to release it by: never leak it
         except CreditExhausted:
             # CreditExhausted.status_code is 402: the Router does not retry a 4xx (it retried
             # a plain exception twice, with back-off, asking the guard each time).
@@ -584,12 +519,7 @@ class _GuardedStripeLogger(StripeLogger):
             view["litellm_params"] = {"metadata": metadata}
             customer = self._customer(view, {}, metadata, None)
             # The request's model is the proxy's alias, not the deployment's: not passed.
-            hold = self.meter.before_call(_text(customer) or self.customer_id)
-            cid = ex.call_id(data)
-            if cid is not None:
-                self._holds.put(cid, hold if hold is not None else _NO_HOLD)
-            elif hold is not None:
-                _release(hold)
+            self._kit.reserve(ex.call_id(data), _text(customer))
         except CreditExhausted as exc:
             raise _payment_required(exc) from None
         except Exception as exc:

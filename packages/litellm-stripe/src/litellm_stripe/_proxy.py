@@ -18,7 +18,7 @@ from typing import Final
 
 from stripe_token_meter import ConfigurationError, TokenMeter
 
-from ._identity import CLIENT_SOURCES, SOURCES, customer_from
+from ._identity import CLIENT_SOURCES, CUSTOMER_KEY, SOURCES, customer_from
 from ._logger import StripeLogger
 
 log = logging.getLogger("litellm_stripe")
@@ -28,13 +28,13 @@ DEFAULT_SOURCES: Final = ("key_metadata", "team_metadata")
 # Where the proxy takes each customer source from, for the `missing_customer` warning.
 _SOURCE_FIXES: Final[dict[str, str]] = {
     "key_metadata": "the virtual key's metadata: POST /key/generate or /key/update with "
-    '"metadata": {"stripe_customer_id": "cus_..."}',
+    f'"metadata": {{"{CUSTOMER_KEY}": "cus_..."}}',
     "team_metadata": "the key's team metadata: POST /team/new or /team/update with "
-    '"metadata": {"stripe_customer_id": "cus_..."}',
+    f'"metadata": {{"{CUSTOMER_KEY}": "cus_..."}}',
     "user_api_key_user_id": "the key's user_id (through STRIPE_CUSTOMER_MAP unless it is a cus_ id)",
     "team": "the key's team_id (through STRIPE_CUSTOMER_MAP unless it is a cus_ id)",
     "key_alias": "the key's key_alias (through STRIPE_CUSTOMER_MAP unless it is a cus_ id)",
-    "metadata": 'the request\'s metadata {"stripe_customer_id": "cus_..."}',
+    "metadata": f'the request\'s metadata {{"{CUSTOMER_KEY}": "cus_..."}}',
     "end_user": "the request's end user (user field or end-user header)",
     "user": "the request's user field",
 }
@@ -85,7 +85,7 @@ def logger_from_env(env: Mapping[str, str] | None = None) -> StripeLogger:
 
     The request's own metadata is never read unless `STRIPE_CUSTOMER_SOURCE` names
     `metadata` and `STRIPE_TRUST_CLIENT_FIELDS=true`: through the proxy, any key holder
-    can put any `stripe_customer_id` there.
+    can name any customer there (under `CUSTOMER_KEY`).
     """
     env = os.environ if env is None else env
     key = (env.get("STRIPE_API_KEY") or "").strip() or None
@@ -142,7 +142,7 @@ def _missing_customer_hint(sources: tuple[str, ...]) -> str:
     `meter.customer()` scope) does not apply to proxy callers."""
     tried = "; ".join(f"{s}: {_SOURCE_FIXES[s]}" for s in sources) or "none"
     return (
-        f"The proxy logger reads stripe_customer_id from STRIPE_CUSTOMER_SOURCE, in order: {tried}. "
+        f"The proxy logger reads {CUSTOMER_KEY} from STRIPE_CUSTOMER_SOURCE, in order: {tried}. "
         "Set it there, or STRIPE_DEFAULT_CUSTOMER_ID; the request's own metadata is ignored "
         "unless STRIPE_CUSTOMER_SOURCE names metadata and STRIPE_TRUST_CLIENT_FIELDS=true. "
         "The usage record is kept in the outbox (stripe-token-meter status)."
