@@ -18,6 +18,7 @@ import pytest
 from llamaindex_stripe._billing import Call, Tracker
 from llamaindex_stripe._streams import merge
 from stripe_token_meter import TokenMeter
+from stripe_token_meter.adapter_kit import AdapterOptions
 from stripe_token_meter.provider_usage import UsageReport, read_usage
 
 CUS, TAGGED, SCOPED = "cus_default", "cus_tagged", "cus_scoped"
@@ -224,7 +225,8 @@ def test_customer_precedence_and_dimensions(
     make_meter: Callable[..., TokenMeter], fake_stripe: Any
 ) -> None:
     meter = make_meter()
-    t = Tracker(meter, DictReading(), customer_id="cus_handler", dimensions={"team": "a"})
+    options = AdapterOptions.check(customer_id="cus_handler", dimensions={"team": "a"})
+    t = Tracker(meter, DictReading(), options)
     tags = {"stripe_customer_id": TAGGED, "stripe_dimensions": {"feature": "x"}}
     with meter.customer(SCOPED):
         llm_call(t, "tagged", None, resp(1, 1), tags=tags)
@@ -239,6 +241,16 @@ def test_customer_precedence_and_dimensions(
     dims = {e.identifier.split(":")[0]: e.payload.get("feature") for e in fake_stripe.events()}
     assert dims == {"tagged": "x", "scoped": None, "handler": None}
     assert {e.payload.get("team") for e in fake_stripe.events()} == {"a"}
+
+
+def test_non_mapping_call_dimensions_are_dead_lettered_not_dropped(
+    tracker: Tracker, meter: TokenMeter, fake_stripe: Any
+) -> None:
+    llm_call(tracker, "bad", None, resp(1, 1), tags={"stripe_dimensions": "feature=x"})
+    llm_call(tracker, "good", None, resp(2, 1), tags={"stripe_dimensions": {}})
+    assert meter.flush(5)
+    assert billed(fake_stripe) == sorted(one("good", 2, 1))
+    assert meter.stats()["invalid"] == 1
 
 
 def test_call_without_usage_is_reported_not_billed(
@@ -268,7 +280,7 @@ def test_spans_are_bounded_and_evicted_streams_billed(
     make_meter: Callable[..., TokenMeter], fake_stripe: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     meter = make_meter(default_customer_id=CUS)
-    t = Tracker(meter, DictReading(), max_tracked=10)
+    t = Tracker(meter, DictReading(), AdapterOptions.check(max_tracked=10))
     gens = [chunks() for _ in range(15)]
     with caplog.at_level(logging.WARNING, logger="llamaindex_stripe"):
         for i, gen in enumerate(gens):
@@ -277,13 +289,13 @@ def test_spans_are_bounded_and_evicted_streams_billed(
             assert t.tracked() <= 10
     assert caplog.text.count("spans open") == 1
     evicted = 15 - t.tracked()
-    assert evicted == 6
+    assert evicted == 5  # the kit's rule: past the bound, the oldest goes
     for i in range(15):
         t.end(f"s{i}", None, {})  # the evicted ones are gone: billed as unknown, no usage
     assert meter.flush(5)
     rids = sorted({r[0] for r in billed(fake_stripe)})
     assert rids == sorted(f"s{i}" for i in range(15))
-    assert meter.stats()["no_usage"] == 6
+    assert meter.stats()["no_usage"] == 5
     assert t.tracked() == 0
 
 

@@ -26,22 +26,23 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Mapping
-from itertools import islice
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from stripe_token_meter import TokenMeter, current_customer
+from stripe_token_meter.adapter_kit import (
+    DIMENSIONS_KEY,
+    AdapterOptions,
+    InFlight,
+    call_customer,
+    merge_dimensions,
+)
 from stripe_token_meter.provider_usage import Counts
 from stripe_token_meter.provider_usage import UsageReport as Found
 
 from ._streams import add_chunk, is_stream, running_stream, watch
 
 log = logging.getLogger("llamaindex_stripe")
-
-CUSTOMER_KEY: Final = "stripe_customer_id"
-"""`instrument_tags({"stripe_customer_id": "cus_..."})` bills the calls inside to that customer."""
-DIMENSIONS_KEY: Final = "stripe_dimensions"
-"""`instrument_tags({"stripe_dimensions": {...}})` adds dimensions to the calls inside."""
 
 _NO_TAGS: Final[Mapping[str, Any]] = MappingProxyType({})
 
@@ -168,23 +169,21 @@ class Call:
 
 
 class Tracker:
-    """Span tree + LLM call state shared by one event handler and its span handler."""
+    """Span tree + LLM call state shared by one event handler and its span handler.
+
+    `options` (the adapter kit's, checked once): the handler's customer, below the call's
+    tags and `meter.customer()` scope, its dimensions, under the call's, and the bound on
+    spans kept should LlamaIndex never close some.
+    """
 
     def __init__(
-        self,
-        meter: TokenMeter,
-        reading: Reading,
-        *,
-        customer_id: str | None = None,
-        dimensions: Mapping[str, str] | None = None,
-        max_tracked: int = 100_000,
+        self, meter: TokenMeter, reading: Reading, options: AdapterOptions | None = None
     ) -> None:
         self.meter = meter
         self.reading = reading
-        self.customer_id = customer_id
-        self.dimensions = dict(dimensions or {})
-        self.max_tracked = max_tracked
-        self.spans: dict[str, Call] = {}
+        self.options = options if options is not None else AdapterOptions.check()
+        # The kit's one eviction rule: past the bound the oldest span goes (`_evicted`).
+        self.spans: InFlight[str, Call] = InFlight(self.options.max_tracked, self._evicted)
         self.streams: dict[str, Call] = {}  # the pending LLM streams among `spans`
         self.dead: deque[str] = deque()  # streams whose generator was garbage-collected
         # Re-entrant: garbage collection inside a handler may close an abandoned stream,
@@ -205,9 +204,8 @@ class Tracker:
             anchor = None
             if parent is not None:
                 anchor = parent if parent.depth > 0 else parent.parent
-            st = self.spans[span_id] = Call(span_id, anchor, llm)
-            if len(self.spans) > self.max_tracked:
-                self._evict()
+            st = Call(span_id, anchor, llm)
+            self.spans.put(span_id, st)
         return st
 
     def exit(self, span_id: str, result: Any) -> None:
@@ -251,7 +249,7 @@ class Tracker:
     def clear(self) -> None:
         """Forget everything (uninstrumented): calls in flight are not billed."""
         with self.lock:
-            self.spans.clear()
+            self.spans = InFlight(self.options.max_tracked, self._evicted)
             self.streams.clear()
             self.dead.clear()
 
@@ -266,7 +264,8 @@ class Tracker:
                 self._reap()
             st = self.spans.get(span_id)
             if st is None:  # instrumented mid-span, or no span handler on this dispatcher
-                st = self.spans[span_id] = Call(span_id, None, None, entered=False)
+                st = Call(span_id, None, None, entered=False)
+                self.spans.put(span_id, st)
             st.depth += 1
             if st.depth > 1:
                 return  # an LLM call nested in the same span: it reports to the outer one
@@ -367,12 +366,11 @@ class Tracker:
             if report_missing:
                 self.meter.report_missing_usage(*self.reading.missing(st, abandoned))
             return
-        call_tags: Mapping[str, Any] = st.tags or tags or {}
-        customer = call_tags.get(CUSTOMER_KEY) or (tags or {}).get(CUSTOMER_KEY) or st.scope
-        dims = self.dimensions
-        extra = call_tags.get(DIMENSIONS_KEY)
-        if extra is not None and isinstance(extra, Mapping) and extra:
-            dims = {**dims, **extra}
+        call_tags: Mapping[str, Any] = st.tags or tags or _NO_TAGS
+        # The call's own customer, else the scope it started in: the End event may come on
+        # another thread or context (a stream consumed elsewhere, a collected generator).
+        customer = call_customer(call_tags) or call_customer(tags) or st.scope
+        dims = merge_dimensions(self.options, call_tags.get(DIMENSIONS_KEY))
         for counts, tokens, model, provider in calls:
             n = st.billed
             st.billed += 1
@@ -381,10 +379,10 @@ class Tracker:
                 counts=counts,
                 model=model,
                 provider=provider,
-                customer_id=customer or None,
+                customer_id=customer,
                 request_id=request_id,
                 dimensions=dims,
-                fallback_customer_id=self.customer_id,
+                fallback_customer_id=self.options.customer_id,
                 **tokens,
             )
 
@@ -424,13 +422,10 @@ class Tracker:
             if st is not None and not st.done:
                 self._finish(st, ABANDONED)
 
-    def _evict(self) -> None:
-        """Past `max_tracked` spans (LlamaIndex never closed some): drop the oldest tenth."""
-        excess = len(self.spans) - self.max_tracked + self.max_tracked // 10
-        for sid in list(islice(self.spans, excess)):
-            st = self.spans.get(sid)
-            if st is None:
-                continue
+    def _evicted(self, st: Call) -> None:
+        """Past the bound (LlamaIndex never closed some spans): the oldest span is dropped,
+        a stream billed for what its chunks reported."""
+        if not st.done:
             if st.stream:
                 self._finish(st, ABANDONED)
             else:
@@ -440,5 +435,5 @@ class Tracker:
             log.warning(
                 "llamaindex-stripe: more than %d LlamaIndex spans open; dropped the oldest "
                 "(streams never consumed or closed?)",
-                self.max_tracked,
+                self.options.max_tracked,
             )

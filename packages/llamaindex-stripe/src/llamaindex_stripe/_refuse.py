@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Final
 
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.callbacks.schema import CBEventType
 from llama_index.core.instrumentation.span import active_span_id
-from stripe_token_meter import CreditExhausted
-from stripe_token_meter.guard import Hold
+from stripe_token_meter.adapter_kit import AdapterKit, InFlight, call_customer
 
-from ._billing import CUSTOMER_KEY, Tracker
+from ._billing import Tracker
 from ._usage import model_and_provider
 
 _NOT_LLM: Final[list[CBEventType]] = [t for t in CBEventType if t is not CBEventType.LLM]
@@ -40,18 +38,20 @@ class GuardCallback(BaseCallbackHandler):
     before the provider call whose handler errors reach the caller (module doc).
     """
 
-    def __init__(self, tracker: Tracker, failed: Callable[[Exception], None]) -> None:
+    def __init__(self, tracker: Tracker, kit: AdapterKit) -> None:
         super().__init__(event_starts_to_ignore=_NOT_LLM, event_ends_to_ignore=_NOT_LLM)
         self._tracker = tracker
-        self._failed = failed
-        self._holds: dict[str, Hold] = {}
+        self._kit = kit  # keeps each call's hold, by the CallbackManager's event id
         self._managers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Event ids holding a reservation, to release them on detach (their ends will not
+        # reach us then): the kit has no "release every hold" of its own.
+        self._reserved: InFlight[str, bool] = InFlight(kit.options.max_tracked)
         self._lock = threading.Lock()
 
     @property
     def open_holds(self) -> int:
         """Holds of LLM calls not ended yet."""
-        return len(self._holds)
+        return self._kit.open_holds
 
     def attach(self, llm: Any) -> None:
         """Add this callback to `llm`'s CallbackManager once (several LLMs may share one)."""
@@ -65,17 +65,17 @@ class GuardCallback(BaseCallbackHandler):
             self._managers.add(manager)
 
     def detach(self) -> None:
-        """Remove this callback from every CallbackManager it was added to; release holds."""
+        """Remove this callback from every CallbackManager it was added to; release holds
+        (their calls' ends will not reach it any more)."""
         with self._lock:
             managers = list(self._managers)
             self._managers = weakref.WeakSet()
-            holds = list(self._holds.values())
-            self._holds.clear()
         for manager in managers:
             with suppress(Exception):
                 manager.handlers = [h for h in manager.handlers if h is not self]
-        for hold in holds:
-            _release(hold)
+        for event_id in list(self._reserved):
+            self._reserved.pop(event_id)
+            self._kit.release(event_id)
 
     def on_event_start(
         self,
@@ -87,26 +87,21 @@ class GuardCallback(BaseCallbackHandler):
     ) -> str:
         if event_type is not CBEventType.LLM:
             return event_id
-        tracker = self._tracker
         try:
-            st = tracker.outermost(active_span_id.get())
+            st = self._tracker.outermost(active_span_id.get())
             if st is None:
                 return event_id  # not an outermost call: its outer call was asked
-            customer = st.tags.get(CUSTOMER_KEY) if st.tags else None
-            who = customer if isinstance(customer, str) and customer else None
             name = provider = None
             if st.model_name:
                 cls = type(st.instance) if st.instance is not None else None
                 name, provider = model_and_provider(None, st.model_name, cls, st.class_name)
-            hold = tracker.meter.before_call(
-                who or st.scope or tracker.customer_id, model=name, provider=provider or ""
-            )
-            if hold is not None:
-                self._keep(event_id, hold)
-        except CreditExhausted:
-            raise  # the CallbackManager lets it through: the provider is not called
         except Exception as exc:
-            self._failed(exc)
+            self._kit.failed("guard", exc)
+            return event_id
+        # Lets `CreditExhausted` through (the CallbackManager does too: the provider is not
+        # called); contains anything else.
+        self._kit.reserve(event_id, call_customer(st.tags), model=name, provider=provider or "")
+        self._reserved.put(event_id, True)
         return event_id
 
     def on_event_end(
@@ -116,10 +111,9 @@ class GuardCallback(BaseCallbackHandler):
         event_id: str = "",
         **kwargs: Any,
     ) -> None:
-        if self._holds:
-            hold = self._holds.pop(event_id, None)
-            if hold is not None:
-                _release(hold)
+        if self._reserved:
+            self._reserved.pop(event_id)
+            self._kit.release(event_id)
 
     def start_trace(self, trace_id: str | None = None) -> None:
         pass
@@ -128,19 +122,3 @@ class GuardCallback(BaseCallbackHandler):
         self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None
     ) -> None:
         pass
-
-    def _keep(self, event_id: str, hold: Hold) -> None:
-        with self._lock:
-            holds = self._holds
-            evicted = None
-            if len(holds) >= self._tracker.max_tracked:  # ends lost (a stream never finished)
-                evicted = holds.pop(next(iter(holds)))
-            holds[event_id] = hold
-        if evicted is not None:
-            _release(evicted)
-
-
-def _release(hold: Hold) -> None:
-    """`Hold.release()` never raises by contract; a broken guard must not break the call."""
-    with suppress(Exception):
-        hold.release()

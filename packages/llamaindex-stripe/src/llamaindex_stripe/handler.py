@@ -33,10 +33,10 @@ from llama_index.core.instrumentation.events.llm import (
 from llama_index.core.instrumentation.span import BaseSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import ConfigDict, Field, PrivateAttr
-from stripe_token_meter import TokenMeter
-from stripe_token_meter.usage import check_customer, check_dimensions
+from stripe_token_meter import ConfigurationError, InvalidUsage, TokenMeter
+from stripe_token_meter.adapter_kit import CUSTOMER_KEY, DIMENSIONS_KEY, AdapterKit, AdapterOptions
 
-from ._billing import CUSTOMER_KEY, DIMENSIONS_KEY, Tracker
+from ._billing import Tracker
 from ._refuse import GuardCallback
 from ._usage import LLAMA
 
@@ -70,21 +70,17 @@ def _kind(cls: type) -> int | None:
 
 
 class _Shared:
-    """What an event handler and its span handler share: the tracker, guard, containment."""
+    """What an event handler and its span handler share: the tracker, guard and kit."""
 
-    __slots__ = ("guard", "meter", "tracker")
+    __slots__ = ("failed", "guard", "kit", "tracker")
 
-    def __init__(self, meter: TokenMeter, tracker: Tracker) -> None:
-        self.meter = meter
+    def __init__(self, kit: AdapterKit, tracker: Tracker) -> None:
+        self.kit = kit
         self.tracker = tracker
+        # The kit's one containment and strict rule (`kit.failed(where, exc)`).
+        self.failed = kit.failed
         # A guarded meter: the callback each seen LLM's CallbackManager gets (`_refuse`).
-        self.guard = GuardCallback(tracker, self.failed) if meter.guarded else None
-
-    def failed(self, exc: Exception) -> None:
-        """A handler failure: counted and logged once; re-raised in strict mode."""
-        self.meter.report_adapter_error(SOURCE, exc)
-        if self.meter.strict:
-            raise exc
+        self.guard = GuardCallback(tracker, kit) if kit.guarded else None
 
     def clear(self) -> None:
         """Uninstrumented: drop every call in flight, detach the guard, release its holds."""
@@ -123,7 +119,7 @@ class StripeSpanHandler(BaseSpanHandler[BaseSpan]):
             if shared.guard is not None and st.instance is not None:
                 shared.guard.attach(st.instance)
         except Exception as exc:
-            shared.failed(exc)
+            shared.failed("span_enter", exc)
 
     def span_exit(
         self,
@@ -137,7 +133,7 @@ class StripeSpanHandler(BaseSpanHandler[BaseSpan]):
         try:
             shared.tracker.exit(id_, result)
         except Exception as exc:
-            shared.failed(exc)
+            shared.failed("span_exit", exc)
 
     def span_drop(
         self,
@@ -151,7 +147,7 @@ class StripeSpanHandler(BaseSpanHandler[BaseSpan]):
         try:
             shared.tracker.drop(id_)
         except Exception as exc:
-            shared.failed(exc)
+            shared.failed("span_drop", exc)
 
     # BaseSpanHandler's abstract hooks: unused, span_enter/exit/drop are overridden.
     def new_span(
@@ -190,10 +186,11 @@ class StripeEventHandler(BaseEventHandler):
     """Bills each outermost LlamaIndex LLM call's tokens to a Stripe customer via `meter`.
 
     Use `instrument(meter)`, which also adds the `span_handler` this handler needs.
-    Customer, first that applies: `instrument_tags({"stripe_customer_id": ...})` around
-    the call, a `meter.customer()` scope, this handler's `customer_id`, the meter's
-    default; else the record is dead-lettered as `missing_customer`.
-    Dimensions: `dimensions` merged with `instrument_tags({"stripe_dimensions": {...}})`.
+    Customer, first that applies: `instrument_tags({CUSTOMER_KEY: ...})` around the call,
+    a `meter.customer()` scope, this handler's `customer_id`, the meter's default; else
+    the record is dead-lettered as `missing_customer`. Dimensions: `dimensions` merged
+    with `instrument_tags({DIMENSIONS_KEY: {...}})`; a non-mapping there is dead-lettered
+    as `invalid_dimension`, never dropped (the adapter kit's rules, `adapter_kit.py`).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -212,20 +209,21 @@ class StripeEventHandler(BaseEventHandler):
         customer_id: str | None = None,
         dimensions: Mapping[str, str] | None = None,
     ) -> None:
+        try:
+            options = AdapterOptions.check(
+                customer_id=customer_id, dimensions=dimensions, max_tracked=MAX_TRACKED_SPANS
+            )
+        except ConfigurationError as exc:
+            # The error LlamaIndex's handler has always raised here (`InvalidCustomer`, ...).
+            raise exc.__cause__ if isinstance(exc.__cause__, InvalidUsage) else exc from None
         fields: dict[str, Any] = {
             "meter": meter,
-            "customer_id": check_customer("customer_id", customer_id) if customer_id else None,
-            "dimensions": check_dimensions(dimensions),
+            "customer_id": options.customer_id,
+            "dimensions": dict(options.dimensions),
         }
         super().__init__(**fields)
-        self._tracker = Tracker(
-            meter,
-            LLAMA,
-            customer_id=self.customer_id,
-            dimensions=self.dimensions,
-            max_tracked=MAX_TRACKED_SPANS,
-        )
-        self._shared = _Shared(meter, self._tracker)
+        self._tracker = Tracker(meter, LLAMA, options)
+        self._shared = _Shared(AdapterKit(meter, options, SOURCE), self._tracker)
         self._span_handler = StripeSpanHandler(self._shared)
 
     @classmethod
@@ -273,7 +271,7 @@ class StripeEventHandler(BaseEventHandler):
             else:
                 tracker.exception(event.span_id)
         except Exception as exc:
-            private["_shared"].failed(exc)  # type: ignore[index]
+            private["_shared"].failed("handle", exc)  # type: ignore[index]
 
     def _clear(self) -> None:
         """Uninstrumented: calls in flight are dropped, the guard's holds released."""
