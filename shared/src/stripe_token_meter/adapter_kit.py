@@ -14,10 +14,10 @@ record, e.g. `call_customer(metadata)`) > `meter.customer()` scope > the adapter
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .customer import current_customer
@@ -46,6 +46,10 @@ class AdapterOptions:
     customer_id: str | None
     dimensions: Mapping[str, str] = field(default_factory=dict)
     max_tracked: int = DEFAULT_MAX_TRACKED
+
+    def __post_init__(self) -> None:
+        # Copied and read-only: options are shared by every call and never change under one.
+        object.__setattr__(self, "dimensions", MappingProxyType(dict(self.dimensions)))
 
     @classmethod
     def check(
@@ -106,34 +110,47 @@ class InFlight(Mapping[K, V], Generic[K, V]):
 
     The one eviction rule: past `maxlen` the oldest entry goes, and `on_evict(value)` is
     called for it (its errors contained), so a framework that never reports some calls'
-    end costs bounded memory and leaks no reservation.
+    end costs bounded memory and leaks no reservation. `put` and `pop` are single dict
+    operations (atomic in CPython) on the caller's thread; only eviction takes a lock.
     """
 
     def __init__(self, maxlen: int, on_evict: Callable[[V], object] | None = None) -> None:
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: dict[K, V] = {}
         self._lock = threading.Lock()
         self._max = maxlen
         self._on_evict = on_evict
 
     def put(self, key: K, value: V) -> None:
-        """Keep `value` under `key` (newest); evict the oldest entry when full."""
+        """Keep `value` under `key` (a new key is the newest); evict the oldest when full."""
+        items = self._items
+        items[key] = value
+        if len(items) > self._max:
+            self._evict()
+
+    def _evict(self) -> None:
         evicted: list[V] = []
         with self._lock:
             items = self._items
-            items[key] = value
             while len(items) > self._max:
-                evicted.append(items.popitem(last=False)[1])
-        if evicted and self._on_evict is not None:
+                try:
+                    oldest = next(iter(items))
+                except (RuntimeError, StopIteration):
+                    continue  # another thread changed the map meanwhile: look again
+                value = items.pop(oldest, _MISSING)
+                if value is not _MISSING:  # else its call ended meanwhile
+                    evicted.append(value)  # type: ignore[arg-type]
+        if self._on_evict is not None:
             for old in evicted:
                 with suppress(Exception):
                     self._on_evict(old)
 
     def pop(self, key: K, default: V | None = None) -> V | None:
-        """Remove and return `key`'s value (`default` if absent); cheap when absent."""
-        if key not in self._items:
-            return default
-        with self._lock:
-            return self._items.pop(key, default)
+        """Remove and return `key`'s value (`default` if absent)."""
+        return self._items.pop(key, default)
+
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        """`key`'s value, or `default`: no exception raised on a miss (the common case)."""
+        return self._items.get(key, default)
 
     def __getitem__(self, key: K) -> V:
         return self._items[key]
@@ -142,14 +159,20 @@ class InFlight(Mapping[K, V], Generic[K, V]):
         return key in self._items
 
     def __iter__(self) -> Iterator[K]:
-        with self._lock:
-            return iter(list(self._items))
+        while True:
+            try:
+                return iter(list(self._items))
+            except RuntimeError:  # changed while being copied: copy again
+                continue
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __repr__(self) -> str:
         return f"InFlight({len(self._items)}/{self._max})"
+
+
+_MISSING: Final = object()
 
 
 class _NoHold:
@@ -224,8 +247,10 @@ class AdapterKit:
         `customer_id` ranks below a `meter.customer()` scope, as for records. The hold is
         kept under `key` until `release(key)` (None: no key to release it by, so it is
         released at once). `CreditExhausted` propagates: the call must not be made.
-        Anything else is contained by `failed`.
+        Anything else is contained by `failed`. Without a guard it does nothing.
         """
+        if not self.meter.guarded:
+            return
         try:
             who = customer if isinstance(customer, str) and customer else None
             who = who or current_customer() or self.options.customer_id
@@ -247,7 +272,7 @@ class AdapterKit:
 
     def release(self, key: Hashable) -> None:
         """End `key`'s hold, whatever the call's outcome; idempotent, never raises."""
-        if self._holds:
+        if self._holds._items:  # the common case, no guard: one truth test
             hold = self._holds.pop(key)
             if hold is not None:
                 _release(hold)

@@ -203,9 +203,8 @@ class StripeCallbackHandler(BaseCallbackHandler):
             provider = (meta.get("ls_provider"), cls_name, params.get("_type"))
             self._runs.put(run_id, (customer, model, provider, dims, kwargs.get("batch_size") or 1))
             if self._guarded:
-                who = customer if isinstance(customer, str) else None
                 named = noted_provider(*provider) or ""
-                self._kit.reserve(run_id, who, model=model, provider=named)
+                self._kit.reserve(run_id, customer, model=model, provider=named)
         except CreditExhausted:
             # raise_error is set: LangChain re-raises it as is, before the provider call.
             self._runs.pop(run_id)

@@ -89,9 +89,9 @@ def customer_from(
     """A resolver that tries `sources` in order and returns the first customer found.
 
     Sources: `key_metadata` and `team_metadata` (the customer under `CUSTOMER_KEY`
-    stored on the virtual key / team by an admin), `user_api_key_user_id`, `team`, `key_alias` (set
-    by the proxy from the key), and the client-supplied `metadata` (`CUSTOMER_KEY`
-    in the request metadata), `end_user`, `user`.
+    stored on the virtual key / team by an admin), `user_api_key_user_id`, `team`,
+    `key_alias` (set by the proxy from the key), and the client-supplied `metadata`
+    (`CUSTOMER_KEY` in the request metadata), `end_user`, `user`.
 
     A value is used as the customer id as it is, or looked up in `customer_map` when one
     is given (ids missing from the map resolve to nothing, so the next source is tried).

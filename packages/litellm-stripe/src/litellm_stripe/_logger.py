@@ -126,17 +126,17 @@ class StripeLogger(CustomLogger):
     `embedding` (input tokens only) and `responses`. Failed calls and cache hits are not
     billed (`bill_cache_hits=True` bills cache hits).
 
-    Customer, first that applies: the customer named in the call's metadata
-    (under `metadata_key`, the kit's `CUSTOMER_KEY`; None ignores call metadata, as the proxy logger does) ->
-    `customer_resolver(CallIdentity)` -> `meter.customer()` scope around the call ->
-    `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
+    Customer, first that applies: the customer named in the call's metadata under
+    `metadata_key` (the kit's `CUSTOMER_KEY`; None ignores call metadata, as the proxy
+    logger does) -> `customer_resolver(CallIdentity)` -> `meter.customer()` scope around
+    the call -> `customer_id` -> the meter's `default_customer_id` -> dead-lettered as
     `missing_customer`.
 
     Every callback is deduplicated on LiteLLM's own per-call id (`litellm_call_id`, the
     last `max_tracked` calls), also the event identifiers' prefix; never on the provider's
     response id, which servers (Ollama: `chatcmpl-<0..999>`) and proxies repeat across
     calls and customers. The logger never raises into LiteLLM: failures are counted in
-    `meter.stats()["adapter_errors"]` (a strict meter raises instead).
+    `meter.stats()["adapter_errors"]` (a strict meter re-raises them: the kit's rule).
 
     `thread_fallback` (default on) also takes async calls' success from LiteLLM's
     logging thread pool, so calls made right before `asyncio.run()` returns are still
