@@ -103,6 +103,19 @@ def test_dimensions_from_handler_and_tags(
     assert all(p["region"] == "eu" and p["feature"] == "search" for p in payloads)
 
 
+def test_non_mapping_tag_dimensions_are_dead_lettered(
+    make_meter: Callable[..., Any], fake_stripe: Any, usage_llm: Any
+) -> None:
+    """The adapter kit's one rule: a bad per-call value is a named error, never dropped."""
+    meter = make_meter(default_customer_id="cus_dim")
+    instrument(meter)
+    with instrument_tags({"stripe_dimensions": "feature=search"}):
+        usage_llm().chat(MSGS)
+    assert meter.flush(5)
+    assert fake_stripe.events() == []
+    assert meter._outbox._query("SELECT code FROM rejected") == [("invalid_dimension",)]
+
+
 def test_invalid_handler_customer_fails_at_instrument(make_meter: Callable[..., Any]) -> None:
     with pytest.raises(InvalidCustomer):
         instrument(make_meter(), customer_id="user_42")

@@ -112,7 +112,7 @@ def test_handler_errors_are_counted_not_raised(
     meter = make_meter(default_customer_id=CUS)
     handler = instrument(meter)
 
-    def broken(event: Any) -> None:
+    def broken(*_: Any) -> None:
         raise RuntimeError("adapter bug")
 
     handler._tracker.end = broken

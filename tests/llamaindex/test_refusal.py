@@ -165,6 +165,21 @@ def test_abandoned_streams_release_their_holds(
     assert guard.released == 2 and handler.open_holds == 0
 
 
+def test_uninstrument_releases_the_holds_of_calls_in_flight(
+    srv: OpenAIServer, make_meter: Callable[..., Any], guard: Budget
+) -> None:
+    """Once detached, the callback never sees those calls end: their holds go at once."""
+    meter = make_meter(guard=guard, default_customer_id=RICH)
+    handler = instrument(meter)
+    stream = _llm(srv).stream_chat(MSGS)
+    next(stream)
+    assert handler.open_holds == 1 and guard.released == 0
+    uninstrument(handler)
+    assert guard.released == 1 and handler.open_holds == 0
+    stream.close()
+    assert guard.released == 1
+
+
 def test_nested_llm_calls_ask_once(
     make_meter: Callable[..., Any], fake_stripe: Any, guard: Budget, usage_llm: Any
 ) -> None:

@@ -92,7 +92,7 @@ def uninstrument(handler: StripeEventHandler | None = None) -> None:
             dispatchers.extend(root_manager.dispatchers.values())
             for d in dispatchers:
                 _remove(d, h)
-            h._tracker.clear()
+            h._clear()
             h._dispatcher = None
             _installed[:] = [x for x in _installed if x is not h]
 

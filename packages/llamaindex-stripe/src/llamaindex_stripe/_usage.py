@@ -13,12 +13,16 @@ Counts are passed to the meter as reported, in the shape the provider uses; the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from stripe_token_meter.provider_usage import UsageReport as Found
 from stripe_token_meter.provider_usage import field
 from stripe_token_meter.provider_usage import read_usage as usage_fields
+
+if TYPE_CHECKING:
+    from ._billing import Call
 
 UNKNOWN_MODEL: Final = "unknown"  # LLMMetadata's default model_name
 
@@ -68,14 +72,6 @@ def response_usage(response: Any) -> Found | None:
             if found is not None:
                 return found
     return None
-
-
-def merge(old: Found | None, new: Found) -> Found:
-    """Usage across a stream's chunks: Anthropic splits it (input first, output last),
-    so its fields merge; every other shape reports running totals, so the latest wins."""
-    if old is not None and old[0] == new[0] == "anthropic":
-        return "anthropic", {**old[1], **new[1]}
-    return new
 
 
 def response_model(response: Any) -> str | None:
@@ -180,3 +176,71 @@ def model_and_provider(
     if provider is None and configured and "/" in configured and "/" not in model:
         provider = configured.partition("/")[0]
     return model, provider
+
+
+_LLM_CLASSES: dict[type, bool] = {}  # class -> is a BaseLLM (isinstance goes through ABCMeta)
+_LLM_CLASSES_MAX: Final = 1024
+
+
+def is_llm(instance: object) -> bool:
+    """Whether a span's instance is a LlamaIndex LLM (cached per class: spans are many)."""
+    cls = type(instance)
+    known = _LLM_CLASSES.get(cls)
+    if known is not None:
+        return known
+    llm = isinstance(instance, BaseLLM)
+    if getattr(instance, "__class__", None) is cls:  # not a proxy: its class decides
+        if len(_LLM_CLASSES) >= _LLM_CLASSES_MAX:
+            _LLM_CLASSES.clear()
+        _LLM_CLASSES[cls] = llm
+    return llm
+
+
+class LlamaReading:
+    """The billing state machine's `Reading` of LlamaIndex LLMs and responses."""
+
+    is_llm = staticmethod(is_llm)
+    usage = staticmethod(response_usage)
+    model = staticmethod(response_model)
+
+    @staticmethod
+    def name(call: Call, answered: str | None) -> tuple[str, str | None]:
+        """(model, provider) of a call that reported usage."""
+        cls = type(call.instance) if call.instance is not None else None
+        provider = class_provider(cls)
+        if answered and provider is not None:
+            # What `model_and_provider` returns whenever both are known: the model the
+            # response names and the LLM class's provider.
+            return answered, provider
+        # Otherwise the configured model counts. `metadata` is a property that builds a
+        # pydantic object, so it is read only here.
+        configured = call.model_name
+        if configured is None and call.instance is not None:
+            configured = getattr(getattr(call.instance, "metadata", None), "model_name", None)
+        return model_and_provider(answered, configured, cls, call.class_name)
+
+    @staticmethod
+    def missing(call: Call, abandoned: bool) -> tuple[str, str]:
+        """(source, fix) for a call that ended without usage: the fix names the likely cause."""
+        source = f"LlamaIndex {call.class_name or 'LLM'}"
+        if abandoned:
+            return source, (
+                "consume LlamaIndex streams to the end: providers report usage with the last chunk"
+            )
+        provider = class_provider(type(call.instance)) if call.instance is not None else None
+        if call.stream and provider in ("openai", "azure"):
+            return source, (
+                "LlamaIndex's OpenAI LLMs do not ask for usage when streaming: pass "
+                "additional_kwargs={'stream_options': {'include_usage': True}} to the LLM"
+            )
+        if provider == "mock":
+            return source, "MockLLM never reports usage; use an LLM whose responses carry it"
+        return source, (
+            "make the LLM's responses carry the provider's usage in response.raw['usage'] "
+            "(OpenAI or Anthropic shape), raw['usage_metadata'] (Gemini) or "
+            "additional_kwargs prompt_tokens/completion_tokens"
+        )
+
+
+LLAMA: Final = LlamaReading()
+"""The one `Reading` the handlers give their tracker."""
