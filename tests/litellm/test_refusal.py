@@ -25,33 +25,11 @@ from litellm_stripe import StripeLogger
 from litellm_testkit import MESSAGES, drain_litellm, wait_stat, wait_until
 from stripe_token_meter import CreditExhausted
 from support.events import event_tuples
+from support.guards import Budget
 from support.providers import OpenAIServer
 
 RICH, BROKE = "cus_rich", "cus_broke"
 MODEL = "openai/gpt-4o"
-
-
-class Budget:
-    """A guard over a dict of remaining budget: refuses a customer at or below zero."""
-
-    def __init__(self, remaining: dict[str, Decimal]) -> None:
-        self.remaining = remaining
-        self.asked: list[tuple[str, str | None]] = []
-        self.released = 0
-
-    def reserve(self, customer_id: str, model: str | None) -> Budget.Slot:
-        self.asked.append((customer_id, model))
-        left = self.remaining.get(customer_id, Decimal(0))
-        if left <= 0:
-            raise CreditExhausted(customer_id, left, "usd")
-        return Budget.Slot(self)
-
-    class Slot:
-        def __init__(self, owner: Budget) -> None:
-            self.owner = owner
-
-        def release(self) -> None:
-            self.owner.released += 1
 
 
 @pytest.fixture

@@ -276,3 +276,28 @@ class AdapterKit:
             hold = self._holds.pop(key)
             if hold is not None:
                 _release(hold)
+
+
+class KitOptionsMixin:
+    """`customer_id` and `dimensions` of an adapter whose kit is `self._kit`: read from its
+    options, and a new customer checked as the constructor checks it (an app may re-point
+    one handler per request)."""
+
+    _kit: AdapterKit
+
+    @property
+    def customer_id(self) -> str | None:
+        """The adapter's customer, below a `meter.customer()` scope and the call's own."""
+        return self._kit.options.customer_id
+
+    @customer_id.setter
+    def customer_id(self, value: str | None) -> None:
+        old = self._kit.options
+        self._kit.options = AdapterOptions.check(
+            customer_id=value, dimensions=old.dimensions, max_tracked=old.max_tracked
+        )
+
+    @property
+    def dimensions(self) -> Mapping[str, str]:
+        """The adapter's extra dimensions, under each call's own."""
+        return self._kit.options.dimensions

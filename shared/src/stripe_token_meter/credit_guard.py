@@ -59,13 +59,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .errors import ConfigurationError, CreditExhausted
 from .guard import GuardBinding
+from .pricing import MICROS, minor_unit_micros
 
 if TYPE_CHECKING:
     import stripe
 
 log = logging.getLogger("stripe_token_meter")
 
-MICROS: Final = 1_000_000
 COST_WAIT_SECONDS: Final = 5.0
 """How long a released call's reservation waits for its cost before it is dropped."""
 LOW_BALANCE_FRACTION: Final = Decimal("0.1")
@@ -84,39 +84,8 @@ RETRY_SECONDS: Final = 5.0
 """A failed balance request is retried after this (or `refresh_seconds`, if shorter)."""
 _MAX_SLEEP: Final = 60.0
 _EVENT_TYPES: Final = frozenset({"billing.credit_grant.created", "billing.alert.triggered"})
-_ZERO_DECIMAL: Final = frozenset(
-    [
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    ]
-)
-_THREE_DECIMAL: Final = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 
 Source = Literal["stripe"] | Mapping[str, str | Decimal | int]
-
-
-def minor_unit_micros(currency: str) -> int:
-    """Micro-units in one minor unit of `currency` (Stripe amounts are in minor units)."""
-    cur = currency.lower()
-    if cur in _ZERO_DECIMAL:
-        return MICROS
-    if cur in _THREE_DECIMAL:
-        return 1_000
-    return 10_000
 
 
 def month_start_utc(now: float) -> float:

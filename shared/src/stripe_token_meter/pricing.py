@@ -37,6 +37,41 @@ _ONE: Final = Decimal(1)
 _HUNDRED: Final = Decimal(100)
 _MILLION: Final = Decimal(1_000_000)
 _CURRENCY: Final = re.compile(r"[a-z]{3}")
+MICROS: Final = 1_000_000
+"""Micro-units in one major unit of a currency (cost events' unit: 1 USD = 1,000,000)."""
+ZERO_DECIMAL: Final = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+"""Stripe's zero-decimal currencies: their minor unit is the major one."""
+THREE_DECIMAL: Final = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+
+def minor_unit_micros(currency: str) -> int:
+    """Micro-units in one minor unit of `currency` (Stripe's amounts are in minor units):
+    10,000 for USD's cent, 1,000,000 for a zero-decimal currency, 1,000 for three decimals."""
+    cur = currency.lower()
+    if cur in ZERO_DECIMAL:
+        return MICROS
+    if cur in THREE_DECIMAL:
+        return 1_000
+    return 10_000
 
 
 class PricingError(ConfigurationError):

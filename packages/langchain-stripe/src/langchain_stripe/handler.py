@@ -21,6 +21,7 @@ from stripe_token_meter.adapter_kit import (
     AdapterKit,
     AdapterOptions,
     InFlight,
+    KitOptionsMixin,
     call_customer,
     merge_dimensions,
 )
@@ -60,7 +61,7 @@ MAX_OPEN_RUNS: Final = 100_000
 _Run = tuple["str | None", "str | None", "tuple[Any, Any, Any] | None", Any, int]
 
 
-class StripeCallbackHandler(BaseCallbackHandler):
+class StripeCallbackHandler(KitOptionsMixin, BaseCallbackHandler):
     """Bills each LLM run's tokens to a Stripe customer through `meter`.
 
     Customer, most specific first: `config["metadata"][CUSTOMER_KEY]`, then
@@ -105,24 +106,6 @@ class StripeCallbackHandler(BaseCallbackHandler):
         self.raise_error = meter.strict or self._guarded
         # A run whose end never comes is forgotten, oldest first (the kit's one rule).
         self._runs: InFlight[UUID, _Run] = InFlight(options.max_tracked)
-
-    @property
-    def customer_id(self) -> str | None:
-        """The handler's customer, below a `meter.customer()` scope (see the class doc)."""
-        return self._kit.options.customer_id
-
-    @customer_id.setter
-    def customer_id(self, value: str | None) -> None:
-        # An app may re-point one handler per request: checked like the constructor's.
-        old = self._kit.options
-        self._kit.options = AdapterOptions.check(
-            customer_id=value, dimensions=old.dimensions, max_tracked=old.max_tracked
-        )
-
-    @property
-    def dimensions(self) -> Mapping[str, str]:
-        """The handler's extra dimensions, under each run's own."""
-        return self._kit.options.dimensions
 
     # Chains, tools, agents and retrievers never carry tokens: skip their events entirely.
     @property

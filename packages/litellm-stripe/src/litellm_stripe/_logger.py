@@ -59,6 +59,7 @@ from stripe_token_meter.adapter_kit import (
     AdapterKit,
     AdapterOptions,
     InFlight,
+    KitOptionsMixin,
     call_customer,
     merge_dimensions,
 )
@@ -118,7 +119,7 @@ class _CallLog:
         return len(self._calls)
 
 
-class StripeLogger(CustomLogger):
+class StripeLogger(KitOptionsMixin, CustomLogger):
     """Bills every successful LiteLLM call's tokens to a Stripe customer through `meter`.
 
     `litellm.callbacks = [StripeLogger(meter)]` covers `completion`/`acompletion`,
@@ -212,23 +213,6 @@ class StripeLogger(CustomLogger):
             ),
             0,
         )
-
-    @property
-    def customer_id(self) -> str | None:
-        """The logger's customer, below a `meter.customer()` scope (see the class doc)."""
-        return self._kit.options.customer_id
-
-    @customer_id.setter
-    def customer_id(self, value: str | None) -> None:
-        old = self._kit.options
-        self._kit.options = AdapterOptions.check(
-            customer_id=value, dimensions=old.dimensions, max_tracked=old.max_tracked
-        )
-
-    @property
-    def dimensions(self) -> Mapping[str, str]:
-        """The logger's extra dimensions, under each call's own."""
-        return self._kit.options.dimensions
 
     def stats(self) -> dict[str, int]:
         """This logger's counters (delivery is in `meter.stats()`).

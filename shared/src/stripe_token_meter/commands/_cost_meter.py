@@ -9,42 +9,22 @@ events carry no `token_type`). Looked up before created, like the rest of `setup
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import stripe
 
+from ..pricing import minor_unit_micros
 from ._provision import PENDING_ID, Provisioner, Step, _as_dict
 from .pricing import PriceSpec
 
 COST_DIMENSIONS = ("model",)
-MICRO_UNIT_CENTS = "0.0001"
-"""One micro-unit in minor units (cents): 1e-6 of the major unit is 1e-4 of a cent."""
-ZERO_DECIMAL = frozenset(
-    [
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    ]
-)
-"""Stripe's zero-decimal currencies: their minor unit is the major one."""
 
 
 def cost_price_spec(meter_id: str, currency: str, prefix: str) -> PriceSpec:
     """The metered price of the cost meter: 0.0001 minor units per micro-unit."""
-    amount = "0.000001" if currency in ZERO_DECIMAL else MICRO_UNIT_CENTS
+    # One micro-unit in minor units: 0.0001 of a cent, 0.000001 of a yen.
+    amount = format(Decimal(1) / minor_unit_micros(currency), "f")
     return PriceSpec(
         f"{prefix}.cost",
         f"cost pass-through: {amount} {currency.upper()} minor units per micro-unit of cost "

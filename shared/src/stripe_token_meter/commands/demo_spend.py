@@ -26,10 +26,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..credit_guard import CreditGuard, minor_unit_micros
+from ..credit_guard import CreditGuard
 from ..errors import CreditExhausted
 from ..meter import DEFAULT_COST_EVENT_NAME, TokenMeter
 from ..pricing import Pricing as TokenPricing
+from ..pricing import minor_unit_micros
 from ..testing import FakeStripe
 from ._config import Config
 from ._cost_meter import ensure_cost_meter, ensure_cost_price
