@@ -60,6 +60,22 @@ def _spend_loop(guard: CreditGuard, customer: str, limit: int = 500) -> int:
     raise AssertionError("never refused")
 
 
+def _record(meter: Any, request_id: str) -> None:
+    """One gpt-4o call of 1,234 prompt and 567 completion tokens for cus_x: 10,506 micros."""
+    from stripe_token_meter import Usage
+
+    meter.record(
+        Usage(
+            model="gpt-4o",
+            provider="openai",
+            customer_id="cus_x",
+            request_id=request_id,
+            input_tokens=1_234,
+            output_tokens=567,
+        )
+    )
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeStripe]:
     with FakeStripe() as f:
@@ -397,7 +413,7 @@ COST_EVENT = "token-billing-cost"
 def test_acceptance_a_dollar_of_credit_stops_a_real_meter_after_96_calls(
     make_meter: Any, fake_stripe: FakeStripe, source: str
 ) -> None:
-    from stripe_token_meter import Pricing, Usage
+    from stripe_token_meter import Pricing
 
     fake_stripe.create_meter(COST_EVENT)
     if source == "stripe":
@@ -412,16 +428,7 @@ def test_acceptance_a_dollar_of_credit_stops_a_real_meter_after_96_calls(
     with pytest.raises(CreditExhausted) as refused:
         for i in range(1_000):  # a tight loop: no provider, the worker prices behind it
             hold = meter.before_call("cus_x", model=MODEL)
-            meter.record(
-                Usage(
-                    model="gpt-4o",
-                    provider="openai",
-                    customer_id="cus_x",
-                    request_id=f"call-{i}",
-                    input_tokens=1_234,
-                    output_tokens=567,
-                )
-            )
+            _record(meter, f"call-{i}")
             if hold is not None:
                 hold.release()
             calls += 1
@@ -443,7 +450,7 @@ def test_acceptance_a_dollar_of_credit_stops_a_real_meter_after_96_calls(
 def test_a_restarted_meter_remembers_what_was_spent(
     make_meter: Any, fake_stripe: FakeStripe, tmp_path: Path
 ) -> None:
-    from stripe_token_meter import Pricing, Usage
+    from stripe_token_meter import Pricing
 
     fake_stripe.create_meter(COST_EVENT)
     outbox = tmp_path / "shared.sqlite3"
@@ -455,16 +462,7 @@ def test_a_restarted_meter_remembers_what_was_spent(
         guard=CreditGuard({"cus_x": "1.00"}),
     )
     for i in range(90):
-        first.record(
-            Usage(
-                model="gpt-4o",
-                provider="openai",
-                customer_id="cus_x",
-                request_id=f"a-{i}",
-                input_tokens=1_234,
-                output_tokens=567,
-            )
-        )
+        _record(first, f"a-{i}")
     assert first.flush(30)
     first.close()
     guard = CreditGuard({"cus_x": "1.00"})
@@ -477,16 +475,7 @@ def test_a_restarted_meter_remembers_what_was_spent(
     with pytest.raises(CreditExhausted):
         for i in range(100):
             hold = second.before_call("cus_x", model=MODEL)
-            second.record(
-                Usage(
-                    model="gpt-4o",
-                    provider="openai",
-                    customer_id="cus_x",
-                    request_id=f"b-{i}",
-                    input_tokens=1_234,
-                    output_tokens=567,
-                )
-            )
+            _record(second, f"b-{i}")
             if hold is not None:
                 hold.release()
             calls += 1
@@ -511,23 +500,14 @@ def test_a_restarted_meter_refuses_a_spent_customer_on_its_first_call(
     make_meter: Any, fake_stripe: FakeStripe, tmp_path: Path
 ) -> None:
     """No window at start-up: the first call waits for the period's spending to load."""
-    from stripe_token_meter import Pricing, Usage
+    from stripe_token_meter import Pricing
 
     fake_stripe.create_meter(COST_EVENT)
     outbox = tmp_path / "shared.sqlite3"
     pricing = Pricing(PRICES, markup_percent=20)
     first = make_meter(outbox_path=outbox, pricing=pricing, cost_event_name=COST_EVENT)
     for i in range(96):  # 96 x 10,506 > $1.00
-        first.record(
-            Usage(
-                model="gpt-4o",
-                provider="openai",
-                customer_id="cus_x",
-                request_id=f"a-{i}",
-                input_tokens=1_234,
-                output_tokens=567,
-            )
-        )
+        _record(first, f"a-{i}")
     assert first.flush(30)
     first.close()
     for _ in range(3):  # each restart, at once

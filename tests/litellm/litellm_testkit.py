@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import litellm
+import openai
 from litellm_stripe import StripeLogger
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -63,3 +69,59 @@ async def drain_litellm(timeout: float = 10.0) -> None:
     from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
     await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout)
+
+
+PROXY_MASTER_KEY = "sk-proxy-test-3f9a1c7e5b2d4f6081a3c5e7"
+
+
+@contextlib.contextmanager
+def proxy_process(
+    tmp: Path, upstream: str, env: Mapping[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], openai.OpenAI]]:
+    """The real `litellm --config` proxy in its own process, `litellm_stripe.proxy_logger`
+    configured by `env` over os.environ, its alias `my-gpt` routed to `upstream`; yields
+    the process and an openai client once it answers. Terminated on the way out unless
+    the test stopped it; its log is `tmp / "proxy.log"`."""
+    config = tmp / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: my-gpt\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o-2024-08-06\n"
+        f"      api_base: {upstream}\n"
+        "      api_key: sk-upstream\n"
+        "litellm_settings:\n"
+        "  callbacks: litellm_stripe.proxy_logger\n"
+        "general_settings:\n"
+        "  master_key: os.environ/LITELLM_MASTER_KEY\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    full = dict(
+        os.environ, LITELLM_MASTER_KEY=PROXY_MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True"
+    )
+    full.update(env)
+    log_path = tmp / "proxy.log"
+    cmd = [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=full, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}", api_key=PROXY_MASTER_KEY, max_retries=0, timeout=30
+        )
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIError:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.5)
+        yield proc, client
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(60)

@@ -10,11 +10,7 @@ meter (no default customer) takes over.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -23,37 +19,13 @@ from typing import Any
 
 import openai
 import pytest
+from litellm_testkit import proxy_process
 from stripe_token_meter import TokenMeter
 from support.providers import OpenAIServer
 
-MASTER_KEY = "sk-proxy-test-3f9a1c7e5b2d4f6081a3c5e7"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_proxy(tmp: Path, upstream: str, fake_url: str) -> tuple[subprocess.Popen[bytes], int]:
-    config = tmp / "config.yaml"
-    config.write_text(
-        "model_list:\n"
-        "  - model_name: my-gpt\n"
-        "    litellm_params:\n"
-        "      model: openai/gpt-4o-2024-08-06\n"
-        f"      api_base: {upstream}\n"
-        "      api_key: sk-upstream\n"
-        "litellm_settings:\n"
-        "  callbacks: litellm_stripe.proxy_logger\n"
-        "general_settings:\n"
-        "  master_key: os.environ/LITELLM_MASTER_KEY\n"
-    )
-    port = _free_port()
-    env = dict(
-        os.environ,
-        LITELLM_MASTER_KEY=MASTER_KEY,
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
+def _env(fake_url: str, tmp: Path) -> dict[str, str]:
+    return dict(
         STRIPE_API_KEY="sk_test_fake",
         STRIPE_API_BASE=fake_url,
         STRIPE_DEFAULT_CUSTOMER_ID="cus_default",
@@ -61,31 +33,20 @@ def _start_proxy(tmp: Path, upstream: str, fake_url: str) -> tuple[subprocess.Po
         STRIPE_CUSTOMER_SOURCE="metadata,key_metadata",
         STRIPE_TOKEN_METER_OUTBOX=str(tmp / "outbox.sqlite3"),
     )
-    log = (tmp / "proxy.log").open("wb")
-    cmd = [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), port
 
 
 @pytest.mark.timeout(400)
 def test_sigterm_under_load_bills_every_answered_call_once(
     fake_stripe: Any, tmp_path: Path
 ) -> None:
-    with OpenAIServer(response_id="chatcmpl-7") as upstream:  # ids repeated, as Ollama does
-        proc, port = _start_proxy(tmp_path, upstream.base_url, fake_stripe.url)
+    with (
+        OpenAIServer(response_id="chatcmpl-7") as upstream,  # ids repeated, as Ollama does
+        proxy_process(tmp_path, upstream.base_url, _env(fake_stripe.url, tmp_path)) as (
+            proc,
+            client,
+        ),
+    ):
         try:
-            client = openai.OpenAI(
-                base_url=f"http://127.0.0.1:{port}", api_key=MASTER_KEY, max_retries=0, timeout=30
-            )
-            deadline = time.monotonic() + 240
-            while True:
-                try:
-                    client.models.list()
-                    break
-                except openai.APIError:
-                    assert proc.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
-                    assert time.monotonic() < deadline, "the proxy did not start"
-                    time.sleep(0.5)
             answered: Counter[str] = Counter()
             stop = threading.Event()
             lock = threading.Lock()
@@ -120,7 +81,6 @@ def test_sigterm_under_load_bills_every_answered_call_once(
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait(10)
     assert sum(answered.values()) > 20, answered
     # A meter configured differently takes over what the proxy left in its journal.
     meter = TokenMeter(

@@ -9,11 +9,6 @@ test pins that, so a LiteLLM that adds one is noticed.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +17,7 @@ from typing import Any
 import litellm
 import pytest
 from litellm_stripe import StripeLogger
-from litellm_testkit import MESSAGES, drain_litellm, wait_stat, wait_until
+from litellm_testkit import MESSAGES, drain_litellm, proxy_process, wait_stat, wait_until
 from stripe_token_meter import CreditExhausted
 from support.events import event_tuples
 from support.guards import Budget
@@ -224,15 +219,6 @@ def test_sync_completion_cannot_be_refused_by_a_callback(
 
 # -- the real proxy ---------------------------------------------------------------------
 
-MASTER_KEY = "sk-proxy-test-5d1e9b7c3a2f4e6d8b0c"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 PRICES = '{"prices": {"openai/gpt-4o": {"input": "2.50", "output": "10.00"}}, "markup_percent": 20}'
 
 
@@ -240,29 +226,12 @@ PRICES = '{"prices": {"openai/gpt-4o": {"input": "2.50", "output": "10.00"}}, "m
 def test_proxy_answers_402_and_never_calls_the_provider(
     fake_stripe: Any, server: OpenAIServer, tmp_path: Path
 ) -> None:
+    """The proxy as operators deploy it: `litellm_stripe.proxy_logger`, configured by env."""
     import openai
 
-    """The proxy as operators deploy it: `litellm_stripe.proxy_logger`, configured by env."""
     (tmp_path / "prices.json").write_text(PRICES)
     fake_stripe.create_meter("token-billing-cost")
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "model_list:\n"
-        "  - model_name: my-gpt\n"
-        "    litellm_params:\n"
-        "      model: openai/gpt-4o-2024-08-06\n"
-        f"      api_base: {server.base_url}\n"
-        "      api_key: sk-upstream\n"
-        "litellm_settings:\n"
-        "  callbacks: litellm_stripe.proxy_logger\n"
-        "general_settings:\n"
-        "  master_key: os.environ/LITELLM_MASTER_KEY\n"
-    )
-    port = _free_port()
     env = dict(
-        os.environ,
-        LITELLM_MASTER_KEY=MASTER_KEY,
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
         STRIPE_API_KEY="sk_test_fake",
         STRIPE_API_BASE=fake_stripe.url,
         STRIPE_TOKEN_METER_OUTBOX=str(tmp_path / "outbox.sqlite3"),
@@ -271,23 +240,7 @@ def test_proxy_answers_402_and_never_calls_the_provider(
         STRIPE_PRICING=str(tmp_path / "prices.json"),
         STRIPE_CREDIT_GUARD=f'{{"{RICH}": "5.00", "{BROKE}": "0"}}',
     )
-    log = (tmp_path / "proxy.log").open("wb")
-    cmd = [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}", api_key=MASTER_KEY, max_retries=0, timeout=30
-        )
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIError:
-                assert proc.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the proxy did not start"
-                time.sleep(0.5)
+    with proxy_process(tmp_path, server.base_url, env) as (_proc, client):
 
         def ask(customer: str) -> Any:
             return client.chat.completions.create(
@@ -303,9 +256,6 @@ def test_proxy_answers_402_and_never_calls_the_provider(
         assert server.requests == []
         assert ask(RICH).choices[0].message.content == server.text
         assert len(server.requests) == 1
-    finally:
-        proc.terminate()
-        proc.wait(60)
     from stripe_token_meter import TokenMeter
 
     meter = TokenMeter(
