@@ -518,3 +518,40 @@ def test_a_restarted_meter_refuses_a_spent_customer_on_its_first_call(
         with pytest.raises(CreditExhausted):
             meter.before_call("cus_x", model=MODEL)
         meter.close()
+
+
+def test_a_forked_child_guards_with_its_own_thread(fake: FakeStripe) -> None:
+    """gunicorn --preload forks after the app built its meter: the child's guard must
+    still read balances (the parent's thread and lock do not survive the fork)."""
+    import os
+
+    fake.grant_credit("cus_paid", 500)
+    guard = CreditGuard("stripe")
+    guard.bind(_binding(fake))
+    hold = guard.reserve("cus_paid", MODEL)  # the parent's thread reads cus_paid
+    assert hold is not None
+    hold.release()
+    assert fake.requests[BALANCE] == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's teardown
+        code = 1
+        try:
+            try:
+                guard.reserve("cus_zero", MODEL)
+                verdict = "allowed"
+            except CreditExhausted:
+                verdict = "refused"
+            paid = guard.reserve("cus_paid", MODEL)
+            os.write(write, f"{verdict} {paid is not None}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 100).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == "refused True"  # cus_zero's balance was read in the child
+    assert fake.requests[BALANCE] == 2
+    guard.close()

@@ -50,8 +50,10 @@ from __future__ import annotations
 import calendar
 import collections
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -86,6 +88,12 @@ _MAX_SLEEP: Final = 60.0
 _EVENT_TYPES: Final = frozenset({"billing.credit_grant.created", "billing.alert.triggered"})
 
 Source = Literal["stripe"] | Mapping[str, str | Decimal | int]
+
+
+def _after_fork(ref: weakref.ReferenceType[CreditGuard]) -> None:
+    guard = ref()
+    if guard is not None:
+        guard._forked()
 
 
 def month_start_utc(now: float) -> float:
@@ -250,6 +258,8 @@ class CreditGuard:
         self._loaded = threading.Event()
         self._load_waited = False
         self._counts: collections.Counter[str] = collections.Counter()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
     # ------------------------------------------------------------------ caller's thread
 
@@ -526,6 +536,25 @@ class CreditGuard:
         return self._currency
 
     # ------------------------------------------------------------------ guard's thread
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's thread is gone and its lock may be held by a
+        thread that no longer exists. Fresh ones; the known balances and spending stay,
+        and the child's first use starts its own thread (and refreshes what is due)."""
+        self._lock = threading.Lock()
+        self._cost_arrived = threading.Condition(self._lock)
+        self._cost_waiters = 0
+        self._wake = threading.Event()
+        self._thread = None
+        self._client = None  # the parent's HTTP connections are not the child's
+        loaded = self._loaded.is_set()
+        self._loaded = threading.Event()
+        if loaded or self._binding is None:
+            self._loaded.set()
+        for cid, acc in self._accounts.items():
+            if self._stripe and not acc.answered:
+                self._wanted.add(cid)
+                acc.asked = False
 
     def _start_thread(self) -> None:
         """Start the background thread once (under the lock)."""

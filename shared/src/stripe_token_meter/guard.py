@@ -18,7 +18,7 @@ A guard may also have these methods, which the meter calls when present:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class GuardBinding:
     """The cost events' name; None when the meter has no `pricing` (no cost is known)."""
     currency: str
     """The pricing's currency (lowercase ISO code), "usd" without pricing."""
-    api_key: str | None
+    api_key: str | None = field(repr=False)
+    """Never shown by `repr()`: a guard that logs its binding must not log the key."""
     api_base: str | None
     stripe_client: stripe.StripeClient | None
