@@ -21,7 +21,7 @@ from contextlib import suppress
 from typing import Any, Final
 
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
-from llama_index.core.callbacks.schema import CBEventType
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.instrumentation.span import active_span_id
 from stripe_token_meter.adapter_kit import AdapterKit, InFlight, call_customer
 
@@ -92,9 +92,10 @@ class GuardCallback(BaseCallbackHandler):
             if st is None:
                 return event_id  # not an outermost call: its outer call was asked
             name = provider = None
-            if st.model_name:
+            named = st.model_name or _serialized_model(payload)
+            if named:
                 cls = type(st.instance) if st.instance is not None else None
-                name, provider = model_and_provider(None, st.model_name, cls, st.class_name)
+                name, provider = model_and_provider(None, named, cls, st.class_name)
         except Exception as exc:
             self._kit.failed("guard", exc)
             return event_id
@@ -122,3 +123,15 @@ class GuardCallback(BaseCallbackHandler):
         self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None
     ) -> None:
         pass
+
+
+def _serialized_model(payload: dict[str, Any] | None) -> str | None:
+    """The model the callback payload's serialized LLM names, for when the span has no
+    Start event `model_dict` yet (llama-index-core 0.14.16, CI's oldest version)."""
+    serialized = payload.get(EventPayload.SERIALIZED) if payload else None
+    if isinstance(serialized, dict):
+        for key in ("model_name", "model"):
+            value = serialized.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
