@@ -78,6 +78,14 @@ class Health:
         with self._lock:
             return sorted(self._unpriced)
 
+    def adapter_error(self, source: str, exc: BaseException) -> None:
+        """An adapter (or the guard) failed: count it, note it, log once with the traceback."""
+        self.count("adapter_errors")
+        self.note_error("adapter_error", f"{source}: {type(exc).__name__}: {exc}")
+        self.error_once(
+            f"adapter:{source}", f"stripe-token-meter: {source} failed to handle a callback", exc
+        )
+
     def note_error(self, code: str, message: str, *, delivery: bool = False) -> None:
         """`delivery`: an answer (or no answer) from Stripe, cleared by a later success."""
         now = time.time()

@@ -517,11 +517,7 @@ class Intake:
 
     def report_adapter_error(self, source: str, exc: BaseException) -> None:
         """An adapter failed to translate a callback: count it, log once with the traceback."""
-        self.health.count("adapter_errors")
-        self.health.note_error("adapter_error", f"{source}: {type(exc).__name__}: {exc}")
-        self.health.error_once(
-            f"adapter:{source}", f"stripe-token-meter: {source} failed to handle a callback", exc
-        )
+        self.health.adapter_error(source, exc)
 
     def _retire_segments(self) -> None:
         """Delete own retired segments that are all in the outbox; rotate a large active

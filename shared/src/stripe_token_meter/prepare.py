@@ -205,15 +205,7 @@ class Preparer:
                     try:
                         on_cost(event.customer_id, event.value)
                     except Exception as exc:  # the guard's failure never costs the record
-                        self.health.count("adapter_errors")
-                        self.health.note_error(
-                            "adapter_error", f"guard: {type(exc).__name__}: {exc}"
-                        )
-                        self.health.error_once(
-                            "adapter:guard.record_cost",
-                            "stripe-token-meter: the guard's record_cost failed",
-                            exc,
-                        )
+                        self.health.adapter_error("guard.record_cost", exc)
         return events
 
     def rejected(self, exc: InvalidUsage, raw: RawRecord) -> Reject:
